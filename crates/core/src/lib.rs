@@ -1,0 +1,21 @@
+//! The vocabulary every Switchyard crate shares.
+//!
+//! Layer crates never depend on each other; they meet here. This crate holds the error
+//! contract that `respond` turns into responses ([`ProxyError`], [`Failure`]), the response
+//! body every layer passes outwards ([`ProxyBody`], made of [`Event`]s when streaming), and the
+//! small request/response extension types ([`Served`], [`Usage`], [`Pricing`], [`InboundApi`]).
+//!
+//! It does no IO and holds no state.
+
+mod body;
+mod error;
+mod ext;
+mod future;
+
+pub use body::{Event, EventKind, EventSource, ProxyBody};
+pub use error::{Failure, ProxyError};
+pub use ext::{InboundApi, Pricing, Served, Usage};
+pub use future::ShortCircuit;
+
+/// The error type passed between tower layers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

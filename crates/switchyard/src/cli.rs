@@ -1,0 +1,201 @@
+//! Command line: `run`, `check`, `demo` (DESIGN.md §3).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use switchyard_policy::Severity;
+use switchyard_policy_watch::PolicyStore;
+
+use crate::{demo, logging, server};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Sidecar proxy for outbound LLM traffic"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve with a policy file.
+    Run(RunArgs),
+    /// Validate a policy file; print every error with its field path.
+    Check {
+        /// The policy file (JSON or YAML).
+        file: PathBuf,
+    },
+    /// Start simulated providers and the proxy with an example policy (no API key needed).
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The policy file (JSON or YAML).
+    #[arg(long, env = "SWITCHYARD_POLICY")]
+    policy: PathBuf,
+    #[command(flatten)]
+    listen: ListenArgs,
+}
+
+/// Listener settings shared by `run` and `demo`.
+#[derive(Debug, Args, Clone)]
+pub struct ListenArgs {
+    /// Proxy listener address.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+    /// Admin listener address (health, readiness, policy status). Keep it on loopback.
+    #[arg(long, env = "SWITCHYARD_ADMIN", default_value = "127.0.0.1:4001")]
+    pub admin: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM, e.g. "30s".
+    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl ListenArgs {
+    pub fn server_config(&self) -> server::ServerConfig {
+        server::ServerConfig {
+            listen: self.listen,
+            admin: self.admin,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { file } => check(&file),
+        Cmd::Run(args) => {
+            logging::init();
+            run(args)
+        }
+        Cmd::Demo(args) => {
+            logging::init();
+            match runtime() {
+                Ok(rt) => rt.block_on(demo::run(args)),
+                Err(code) => code,
+            }
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("switchyard: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn check(file: &Path) -> ExitCode {
+    match switchyard_policy::load_file(file) {
+        Ok(compiled) => {
+            for w in &compiled.warnings {
+                eprintln!("{w}");
+            }
+            let s = &compiled.snapshot;
+            println!(
+                "{}: OK ({} providers, {} models, {} endpoints, {} routes, {} budgets)",
+                file.display(),
+                s.providers().len(),
+                s.models().len(),
+                s.endpoints().len(),
+                s.routes().len(),
+                s.budgets().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            print_invalid(file, &diags);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_invalid(file: &Path, diags: &[switchyard_policy::Diagnostic]) {
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    eprintln!("{}: invalid policy ({errors} errors)", file.display());
+    for d in diags {
+        eprintln!("  {d}");
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    // Validate everything before binding a socket: a bad policy must never half-start.
+    let compiled = match switchyard_policy::load_file(&args.policy) {
+        Ok(c) => c,
+        Err(diags) => {
+            print_invalid(&args.policy, &diags);
+            return ExitCode::from(2);
+        }
+    };
+    for w in &compiled.warnings {
+        tracing::warn!(warning = %w, "policy warning");
+    }
+    let store = PolicyStore::from_file(compiled, &args.policy);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(serve_until_signal(store, args.listen.server_config()))
+}
+
+/// Serves until SIGTERM or SIGINT, then drains. SIGHUP re-reads the policy file.
+pub async fn serve_until_signal(store: Arc<PolicyStore>, cfg: server::ServerConfig) -> ExitCode {
+    let running = match server::start(store.clone(), &cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchyard: cannot start listeners: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = wait_for_shutdown_signal(&store).await {
+        eprintln!("switchyard: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!("shutdown signal received; draining");
+    if running.shutdown().await {
+        tracing::info!("drained; exiting");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(unix)]
+pub(crate) async fn wait_for_shutdown_signal(store: &PolicyStore) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                match store.reload() {
+                    Ok(generation) => tracing::info!(generation, "SIGHUP: policy in force"),
+                    Err(_) => tracing::warn!("SIGHUP: reload refused; last good policy kept"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+pub(crate) async fn wait_for_shutdown_signal(_store: &PolicyStore) -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}

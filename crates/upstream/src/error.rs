@@ -1,0 +1,121 @@
+use http::StatusCode;
+use switchyard_core::ProxyError;
+use switchyard_policy::Api;
+
+/// The upstream could not be reached, or the connection failed before a response arrived.
+#[derive(Debug, thiserror::Error)]
+#[error("provider '{provider}' could not be reached: {source}")]
+pub struct Unreachable {
+    pub provider: String,
+    #[source]
+    pub source: hyper_util::client::legacy::Error,
+}
+
+impl ProxyError for Unreachable {
+    fn status(&self) -> StatusCode {
+        StatusCode::BAD_GATEWAY
+    }
+    fn error_type(&self) -> &'static str {
+        "upstream_error"
+    }
+    fn code(&self) -> &'static str {
+        "upstream_unreachable"
+    }
+}
+
+/// The upstream answered something that is not a valid response of its API.
+#[derive(Debug, thiserror::Error)]
+#[error("provider '{provider}' sent an invalid response: {detail}")]
+pub struct InvalidResponse {
+    pub provider: String,
+    pub detail: String,
+}
+
+impl ProxyError for InvalidResponse {
+    fn status(&self) -> StatusCode {
+        StatusCode::BAD_GATEWAY
+    }
+    fn error_type(&self) -> &'static str {
+        "upstream_error"
+    }
+    fn code(&self) -> &'static str {
+        "upstream_invalid_response"
+    }
+}
+
+/// The provider's key cannot be sent as a header (control characters in the env var or file).
+#[derive(Debug, thiserror::Error)]
+#[error("the API key configured for provider '{provider}' is not a valid header value")]
+pub struct InvalidKey {
+    pub provider: String,
+}
+
+impl ProxyError for InvalidKey {
+    fn status(&self) -> StatusCode {
+        StatusCode::BAD_GATEWAY
+    }
+    fn error_type(&self) -> &'static str {
+        "upstream_error"
+    }
+    fn code(&self) -> &'static str {
+        "invalid_provider_key"
+    }
+}
+
+/// This build has no adapter for the provider's API yet.
+#[derive(Debug, thiserror::Error)]
+#[error("provider '{provider}' uses the {api:?} API, which this version cannot call")]
+pub struct UnsupportedApi {
+    pub provider: String,
+    pub api: Api,
+}
+
+impl ProxyError for UnsupportedApi {
+    fn status(&self) -> StatusCode {
+        StatusCode::NOT_IMPLEMENTED
+    }
+    fn error_type(&self) -> &'static str {
+        "upstream_error"
+    }
+    fn code(&self) -> &'static str {
+        "unsupported_provider_api"
+    }
+}
+
+/// The request reached the upstream service without an endpoint chosen for it: a wiring bug.
+#[derive(Debug, thiserror::Error)]
+#[error("no endpoint was chosen for this attempt")]
+pub struct NoAttemptTarget;
+
+impl ProxyError for NoAttemptTarget {
+    fn status(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+    fn error_type(&self) -> &'static str {
+        "internal_error"
+    }
+    fn code(&self) -> &'static str {
+        "internal_error"
+    }
+}
+
+/// The TLS client could not be built (bad CA file content).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("CA certificates of provider '{provider}': {detail}")]
+    Ca { provider: String, detail: String },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl ProxyError for BuildError {
+    fn status(&self) -> StatusCode {
+        StatusCode::BAD_GATEWAY
+    }
+    fn error_type(&self) -> &'static str {
+        "upstream_error"
+    }
+    fn code(&self) -> &'static str {
+        "upstream_tls_setup"
+    }
+}

@@ -1,0 +1,34 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Response;
+use switchyard_core::{BoxError, ProxyBody};
+
+type Inner = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+/// Response future of [`crate::Upstream`]. Dropping it cancels the upstream request.
+pub struct ResponseFuture {
+    inner: Inner,
+}
+
+impl ResponseFuture {
+    pub(crate) fn new(inner: Inner) -> Self {
+        Self { inner }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("upstream::ResponseFuture")
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<ProxyBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}

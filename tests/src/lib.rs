@@ -1,0 +1,303 @@
+//! Helpers for the black-box tests: the real `switchyard` binary started on `127.0.0.1:0`
+//! with a policy file in a temp dir, simulated providers on random ports, an HTTP client, and
+//! the official Python SDKs run as subprocesses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// The workspace root (for fixtures and the Python venv).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `switchyard` binary cargo built next to this test executable.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("SWITCHYARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test-exe> -> target/<profile>/switchyard
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("switchyard");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (which builds the binary) or set SWITCHYARD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `switchyard run` process.
+#[derive(Debug)]
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub policy_path: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Writes `policy` to a temp dir and starts the binary with it.
+    pub fn start(policy: &Value) -> Proxy {
+        Self::start_with_env(policy, &[])
+    }
+
+    pub fn start_with_env(policy: &Value, env: &[(&str, &str)]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_path = dir.path().join("policy.json");
+        std::fs::write(&policy_path, serde_json::to_vec_pretty(policy).unwrap()).unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.arg("run")
+            .arg("--policy")
+            .arg(&policy_path)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--admin")
+            .arg("127.0.0.1:0")
+            .arg("--drain-timeout")
+            .arg("20s")
+            .env("SWITCHYARD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("switchyard listening")
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(line.clone());
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("proxy did not start; logs: {:?}", logs.lock().unwrap()));
+        let v: Value = serde_json::from_str(&line).expect("JSON log line");
+        let addr = v["proxy_addr"].as_str().unwrap().parse().unwrap();
+        let admin = v["admin_addr"].as_str().unwrap().parse().unwrap();
+        Proxy {
+            child,
+            addr,
+            admin,
+            dir,
+            policy_path,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `KILL`) with the system's `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; None if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A provider entry for a sim on loopback.
+pub fn sim_provider(sim: &switchyard_sim::Sim, key_env: Option<&str>) -> Value {
+    let mut p = serde_json::json!({
+        "api": "openai",
+        "base_url": sim.base_url(),
+        "allow_private_network": true,
+    });
+    if let Some(env) = key_env {
+        p["api_key"] = serde_json::json!({ "env": env });
+    }
+    p
+}
+
+/// An endpoint entry with the given prices (USD per million tokens).
+pub fn endpoint(provider: &str, upstream_model: &str, prompt: f64, completion: f64) -> Value {
+    serde_json::json!({
+        "provider": provider,
+        "upstream_model": upstream_model,
+        "pricing": { "prompt": prompt, "completion": completion },
+        "supported_parameters": ["temperature", "max_tokens", "stream_options", "tools", "tool_choice"],
+    })
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A whole response: status, headers (lower-case names) and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client()
+        .request(b.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn post_json(url: &str, body: &Value) -> Answer {
+    send(
+        "POST",
+        url,
+        &[("content-type", "application/json")],
+        serde_json::to_vec(body).unwrap(),
+    )
+    .await
+}
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|ev| {
+            let data: Vec<&str> = ev
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("data:")
+                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                })
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// The Python interpreter of the test venv (with the official SDKs installed).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SWITCHYARD_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace_root().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python venv with the SDKs at {}: run scripts/test (it creates it) or set SWITCHYARD_TEST_PYTHON",
+        venv.display()
+    );
+    venv
+}
+
+/// Runs a script from `tests/py/` with args; returns its stdout parsed as JSON.
+pub fn run_python(script: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let path = workspace_root().join("tests/py").join(script);
+    let mut cmd = Command::new(python());
+    cmd.arg(&path).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
