@@ -21,6 +21,8 @@ enum State {
     Reading,
     /// The upstream body ended; the decoder is being flushed.
     Flushing,
+    /// `[DONE]` was yielded; the body's end is read if it is already there.
+    AfterDone,
     Done,
 }
 
@@ -80,6 +82,10 @@ where
         loop {
             let decoded = match *this.state {
                 State::Done => return Poll::Ready(None),
+                State::AfterDone => {
+                    *this.state = State::Done;
+                    return Poll::Ready(drain_end(this.body.as_mut(), cx));
+                }
                 State::Reading => this.decoder.next_event(),
                 State::Flushing => this.decoder.finish(),
             };
@@ -87,9 +93,10 @@ where
                 Ok(Some(sse)) => match convert(*this.op, this.rw, sse) {
                     Ok(Some(ev)) => {
                         if ev.kind == EventKind::Done {
-                            // Anything after [DONE] is ignored by every client; stopping here
-                            // means an upstream that never closes cannot hang the caller.
-                            *this.state = State::Done;
+                            // Anything after [DONE] is ignored by every client, and an upstream
+                            // that never closes must not hang the caller: what follows is only
+                            // read if it is already there (see `drain_end`).
+                            *this.state = State::AfterDone;
                         }
                         return Poll::Ready(Some(Ok(ev)));
                     }
@@ -124,6 +131,22 @@ where
             }
         }
     }
+}
+
+/// Reads the body's end when it has already arrived (it usually shares a packet with
+/// `[DONE]`), so the upstream connection goes back to the pool instead of being closed; never
+/// waits, and reads at most a few frames of anything an upstream sends after `[DONE]`.
+fn drain_end<B>(mut body: Pin<&mut B>, cx: &mut Context<'_>) -> Option<Result<Event, BoxError>>
+where
+    B: Body<Data = Bytes>,
+{
+    for _ in 0..4 {
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(_))) => continue,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) | Poll::Pending => return None,
+        }
+    }
+    None
 }
 
 /// Turns one upstream SSE event into the caller's event; `None` for an event with no data.
@@ -254,6 +277,8 @@ mod tests {
     struct TestBody {
         frames: VecDeque<Result<Bytes, BoxError>>,
         pulled: Arc<AtomicUsize>,
+        /// How often the end of the body was reported.
+        ends: Arc<AtomicUsize>,
     }
 
     impl Body for TestBody {
@@ -267,6 +292,8 @@ mod tests {
             let next = self.frames.pop_front();
             if next.is_some() {
                 self.pulled.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.ends.fetch_add(1, Ordering::SeqCst);
             }
             Poll::Ready(next.map(|r| r.map(Frame::data)))
         }
@@ -277,6 +304,7 @@ mod tests {
         let body = TestBody {
             frames: chunks.into_iter().map(|c| Ok(Bytes::from(c))).collect(),
             pulled: pulled.clone(),
+            ends: Arc::new(AtomicUsize::new(0)),
         };
         (body, pulled)
     }
@@ -453,6 +481,29 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_body_end_after_done_so_the_connection_can_be_reused() {
+        let frames = vec![
+            b"data: {\"model\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n".to_vec(),
+            b"data: [DONE]\n\n".to_vec(),
+        ];
+        let (body, pulled) = body_of(frames);
+        let ends = body.ends.clone();
+        let mut s = Box::pin(OpenAiEventStream::new(
+            body,
+            Operation::ChatCompletions,
+            rw(false),
+            4096,
+        ));
+        assert_eq!(next(&mut s).unwrap().unwrap().kind, EventKind::Output);
+        assert_eq!(next(&mut s).unwrap().unwrap().kind, EventKind::Done);
+        assert_eq!(ends.load(Ordering::SeqCst), 0);
+        assert!(next(&mut s).is_none());
+        // Both frames and the end of the body were read: nothing is left unread upstream.
+        assert_eq!(pulled.load(Ordering::SeqCst), 2);
+        assert_eq!(ends.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
     fn stops_after_done() {
         let input = "data: [DONE]\n\ndata: {\"model\":\"x\",\"choices\":[]}\n\n";
         let (body, pulled) = body_of(vec![input.as_bytes().to_vec(), b"more".to_vec()]);
@@ -465,7 +516,8 @@ mod tests {
         let evs = events(collect(&mut s));
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].kind, EventKind::Done);
-        assert_eq!(pulled.load(Ordering::SeqCst), 1);
+        // What follows [DONE] is read off the connection (boundedly) but never yielded.
+        assert_eq!(pulled.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -530,6 +582,7 @@ mod tests {
                 Ok(Bytes::from_static(b"data: [DONE]\n\n")),
             ]),
             pulled,
+            ends: Arc::new(AtomicUsize::new(0)),
         };
         let mut s = Box::pin(OpenAiEventStream::new(
             body,
