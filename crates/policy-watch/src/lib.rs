@@ -56,3 +56,6 @@ where
         self.inner.call(req)
     }
 }
+
+#[cfg(test)]
+mod tests;

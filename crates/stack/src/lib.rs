@@ -20,8 +20,9 @@ use switchyard_policy_watch::{PinPolicyLayer, PolicyStore};
 use switchyard_respond::RespondLayer;
 use switchyard_select::SelectLayer;
 use switchyard_upstream::Upstream;
-use tower::ServiceBuilder;
+use switchyard_wire::ParsedRequest;
 use tower::util::BoxCloneService;
+use tower::{Service, ServiceBuilder};
 
 pub use dispatch::{DispatchLayer, NoEndpoints};
 pub use parse::{BodyTooLarge, ParseLayer, UnreadableBody};
@@ -31,11 +32,26 @@ pub use router::Router;
 /// The proxy listener's service, ready for hyper.
 pub type ProxyService<B> = BoxCloneService<Request<B>, Response<ProxyBody>, Infallible>;
 
-/// Builds the proxy service over the given upstream.
+/// Builds the proxy service over the real upstream client.
 pub fn proxy<B>(store: Arc<PolicyStore>, upstream: Upstream) -> ProxyService<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+{
+    proxy_with(store, upstream)
+}
+
+/// Builds the proxy service over any innermost service that sends one attempt: the real
+/// [`Upstream`] in production, an in-process fake in stack tests and benchmarks.
+pub fn proxy_with<B, U>(store: Arc<PolicyStore>, upstream: U) -> ProxyService<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    U: Service<Request<Arc<ParsedRequest>>, Response = Response<ProxyBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    U::Future: Send + 'static,
 {
     // Per request, from the pinned snapshot on: resolve the models to a plan, then send.
     let llm = ServiceBuilder::new()
