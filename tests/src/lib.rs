@@ -62,7 +62,21 @@ impl Proxy {
     }
 
     pub fn start_with_env(policy: &Value, env: &[(&str, &str)]) -> Proxy {
+        Self::start_with_files(policy, env, &[])
+    }
+
+    /// Like [`Proxy::start_with_env`], but first writes `files` (name, contents) beside the
+    /// policy, so the policy can name them by relative path (a provider's `ca_file`, an
+    /// `api_key` file): the binary validates them before it binds.
+    pub fn start_with_files(
+        policy: &Value,
+        env: &[(&str, &str)],
+        files: &[(&str, &[u8])],
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
         let policy_path = dir.path().join("policy.json");
         std::fs::write(&policy_path, serde_json::to_vec_pretty(policy).unwrap()).unwrap();
         let mut cmd = Command::new(binary());

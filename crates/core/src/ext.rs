@@ -50,6 +50,8 @@ pub struct Usage {
 /// outer layers for the `x-switchyard-*` headers, metrics and logs.
 #[derive(Clone, Debug)]
 pub struct Served {
+    /// Stable endpoint id from the policy (`provider/model`).
+    pub endpoint: Arc<str>,
     /// Provider id from the policy.
     pub provider: Arc<str>,
     /// Model id from the policy (after any fallback).

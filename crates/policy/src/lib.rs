@@ -35,7 +35,7 @@ use std::path::Path;
 
 pub use diag::{Diagnostic, Severity};
 pub use env::{Env, SystemEnv};
-pub use plan::Plan;
+pub use plan::{Candidate, Exclusion, ExclusionReason, Plan};
 pub use prefs::{
     DataCollection, MaxPrice, ProviderPrefs, SortBy, SortOptions, SortPartition, SortSpec,
     Threshold,

@@ -73,8 +73,8 @@ pub struct Provider {
     pub intercept_hosts: Vec<String>,
     /// Whether `base_url` may point at a loopback, private or link-local address.
     pub allow_private_network: bool,
-    /// Contents of `ca_file`: PEM certificates to trust for this provider instead of the
-    /// public roots.
+    /// Contents of `ca_file`: PEM certificates this provider's connections trust in
+    /// addition to the public web roots (a private CA, a self-signed test server).
     pub ca_pem: Option<Arc<[u8]>>,
 }
 

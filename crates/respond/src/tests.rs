@@ -121,6 +121,7 @@ async fn served_responses_get_switchyard_headers() {
     let (resp, _) = run("/v1/chat/completions", || {
         let mut r = Response::new(ProxyBody::full("{}"));
         r.extensions_mut().insert(Served {
+            endpoint: Arc::from("openai/gpt-4o"),
             provider: Arc::from("openai"),
             model: Arc::from("gpt-4o"),
             upstream_model: Arc::from("gpt-4o-2024-08-06"),

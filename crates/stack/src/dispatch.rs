@@ -50,7 +50,7 @@ where
         let first = req
             .extensions()
             .get::<Arc<Plan>>()
-            .and_then(|p| p.candidates.first().cloned());
+            .and_then(|p| p.candidates.first().map(|c| c.endpoint.clone()));
         match first {
             Some(endpoint) => {
                 req.extensions_mut().insert(endpoint);

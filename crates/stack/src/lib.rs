@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use switchyard_compat::CompatLayer;
 use switchyard_core::{BoxError, ProxyBody};
 use switchyard_policy_watch::{PinPolicyLayer, PolicyStore};
 use switchyard_respond::RespondLayer;
@@ -63,6 +64,8 @@ where
         // Per attempt: picks the endpoint this attempt goes to. Layers that depend on the
         // endpoint (compat, breaker, attempt timeout) belong inside it.
         .layer(DispatchLayer::new())
+        // Per attempt, so each endpoint gets parameters it accepts.
+        .layer(CompatLayer::new())
         // Innermost: the pooled client, the provider's key, the wire adapters.
         .service(upstream);
 

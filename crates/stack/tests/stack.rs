@@ -81,6 +81,7 @@ fn stack(limit: u64) -> (ProxyService<Full<Bytes>>, Log) {
             });
             let mut resp = Response::new(ProxyBody::full(r#"{"ok":true}"#));
             resp.extensions_mut().insert(Served {
+                endpoint: endpoint.id.clone(),
                 provider: endpoint.provider.id.clone(),
                 model: endpoint.model.clone(),
                 upstream_model: endpoint.upstream_model.clone(),

@@ -4,7 +4,7 @@ use switchyard_policy::Api;
 
 /// The upstream could not be reached, or the connection failed before a response arrived.
 #[derive(Debug, thiserror::Error)]
-#[error("provider '{provider}' could not be reached: {source}")]
+#[error("provider '{provider}' could not be reached: {}", chain(source))]
 pub struct Unreachable {
     pub provider: String,
     #[source]
@@ -118,4 +118,20 @@ impl ProxyError for BuildError {
     fn code(&self) -> &'static str {
         "upstream_tls_setup"
     }
+}
+
+/// An error and its sources on one line: hyper-util's own message ("client error (Connect)")
+/// says nothing of the cause (refused, DNS, an untrusted certificate) that operators need.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
 }

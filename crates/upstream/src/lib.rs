@@ -24,7 +24,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use switchyard_core::{BoxError, Failure, ProxyBody, Served};
 use switchyard_policy::{Api, Endpoint, Snapshot};
-use switchyard_wire::{OpenAiEventStream, ParsedRequest, Rewrite};
+use switchyard_wire::{BodyEdits, OpenAiEventStream, ParsedRequest, Rewrite};
 use tower::Service;
 
 pub use client::{ClientConfig, Clients};
@@ -76,11 +76,13 @@ async fn send(
         ),
         None => (64 << 20, 1 << 20),
     };
+    let req_edits = req.extensions().get::<BodyEdits>().cloned();
     let parsed = req.into_body();
     let op = parsed.operation();
     let provider = &endpoint.provider;
 
-    let upstream_req = build_request(&endpoint, &parsed)?;
+    let edits = req_edits;
+    let upstream_req = build_request(&endpoint, &parsed, edits.as_ref())?;
     let client = clients.for_provider(provider)?;
     let resp = client.request(upstream_req).await.map_err(|e| {
         Failure::boxed(Unreachable {
@@ -92,6 +94,7 @@ async fn send(
     let (parts, body) = resp.into_parts();
     let status = parts.status;
     let mut served = Served {
+        endpoint: endpoint.id.clone(),
         provider: provider.id.clone(),
         model: endpoint.model.clone(),
         upstream_model: endpoint.upstream_model.clone(),
@@ -168,10 +171,14 @@ fn usize_cap(limit: u64) -> usize {
 fn build_request(
     endpoint: &Endpoint,
     parsed: &ParsedRequest,
+    edits: Option<&BodyEdits>,
 ) -> Result<Request<Full<Bytes>>, BoxError> {
     let provider = &endpoint.provider;
     let uri = upstream_uri(provider, parsed.operation().upstream_path())?;
-    let body = parsed.upstream_body(&endpoint.upstream_model);
+    let body = match edits {
+        Some(e) => parsed.upstream_body_with(&endpoint.upstream_model, e),
+        None => parsed.upstream_body(&endpoint.upstream_model),
+    };
     let mut builder = Request::post(uri)
         .header(CONTENT_TYPE, "application/json")
         .header(USER_AGENT, USER_AGENT_VALUE)

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use switchyard_core::Pricing;
 
 pub use error::{RequestError, WireError};
-pub use openai::{OpenAiEventStream, ParsedRequest, rewrite_response};
+pub use openai::{BodyEdits, OpenAiEventStream, ParsedRequest, rewrite_response};
 pub use sse::{SseDecoder, SseError, SseEvent};
 
 /// The LLM operation a request asks for, told by its path.

@@ -5,6 +5,6 @@ mod request;
 mod response;
 mod stream;
 
-pub use request::ParsedRequest;
+pub use request::{BodyEdits, ParsedRequest};
 pub use response::rewrite_response;
 pub use stream::OpenAiEventStream;

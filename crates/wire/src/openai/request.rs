@@ -85,6 +85,23 @@ impl Field {
 }
 
 /// A top-level member, as ranges into the raw body.
+/// How the body is adapted for one endpoint: what the `compat` layer decides per attempt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BodyEdits {
+    /// Top-level members not to send (parameters the endpoint does not support).
+    pub drop: Vec<Box<str>>,
+    /// Top-level members to send under another name: `(from, to)`.
+    pub rename: Vec<(Box<str>, &'static str)>,
+    /// Upper bound for the token limit (`max_tokens` / `max_completion_tokens`).
+    pub max_tokens: Option<u64>,
+}
+
+impl BodyEdits {
+    pub fn is_empty(&self) -> bool {
+        self.drop.is_empty() && self.rename.is_empty() && self.max_tokens.is_none()
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Member {
     /// The key as written, quotes included.
@@ -398,6 +415,12 @@ impl ParsedRequest {
     /// forced on (keeping the caller's other stream options) so usage can always be metered.
     /// Every other member is copied byte for byte, in order.
     pub fn upstream_body(&self, upstream_model: &str) -> Bytes {
+        self.upstream_body_with(upstream_model, &BodyEdits::default())
+    }
+
+    /// [`Self::upstream_body`] adapted to one endpoint: members dropped or renamed and the
+    /// token limit capped as `edits` says (see the `compat` layer).
+    pub fn upstream_body_with(&self, upstream_model: &str, edits: &BodyEdits) -> Bytes {
         let mut out = Vec::with_capacity(self.raw.len() + upstream_model.len() + 48);
         let mut w = ObjectWriter::open(&mut out);
         let force_usage = self.stream && self.op.streams_usage();
@@ -413,7 +436,40 @@ impl ParsedRequest {
                     self.write_stream_options(w.key("stream_options"));
                     wrote_stream_options = true;
                 }
-                _ => w.raw(&self.raw[m.key.clone()], &self.raw[m.value.clone()]),
+                _ if edits.is_empty() => {
+                    w.raw(&self.raw[m.key.clone()], &self.raw[m.value.clone()]);
+                }
+                f => {
+                    let key = self.key_text(m);
+                    if edits.drop.iter().any(|d| **d == *key) {
+                        continue;
+                    }
+                    let renamed = edits
+                        .rename
+                        .iter()
+                        .find(|(from, _)| **from == *key)
+                        .map(|(_, to)| *to);
+                    let capped = match (f, edits.max_tokens, self.max_tokens()) {
+                        (Field::MaxTokens | Field::MaxCompletionTokens, Some(cap), Some(n))
+                            if n > cap =>
+                        {
+                            Some(cap)
+                        }
+                        _ => None,
+                    };
+                    match (renamed, capped) {
+                        (None, None) => {
+                            w.raw(&self.raw[m.key.clone()], &self.raw[m.value.clone()]);
+                        }
+                        (name, cap) => {
+                            let out = w.key(name.unwrap_or(key));
+                            match cap {
+                                Some(cap) => out.extend_from_slice(cap.to_string().as_bytes()),
+                                None => out.extend_from_slice(&self.raw[m.value.clone()]),
+                            }
+                        }
+                    }
+                }
             }
         }
         if force_usage && !wrote_stream_options {
@@ -421,6 +477,20 @@ impl ParsedRequest {
         }
         w.close();
         Bytes::from(out)
+    }
+
+    /// A member's key as text (keys with escapes compare as their raw text, which never
+    /// matches a parameter name and so is never edited).
+    fn key_text<'a>(&'a self, m: &'a Member) -> &'a str {
+        if let Some(k) = &m.unescaped {
+            return k;
+        }
+        let raw = &self.raw[m.key.clone()];
+        let inner = raw
+            .strip_prefix(b"\"")
+            .and_then(|r| r.strip_suffix(b"\""))
+            .unwrap_or(raw);
+        std::str::from_utf8(inner).unwrap_or("")
     }
 
     fn write_stream_options(&self, out: &mut Vec<u8>) {
@@ -923,5 +993,34 @@ mod tests {
         let d = format!("{r:?}");
         assert!(!d.contains("secret"), "{d}");
         assert!(d.contains("ChatCompletions"));
+    }
+
+    #[test]
+    fn edits_drop_rename_and_cap_while_keeping_everything_else_raw() {
+        let req = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logit_bias":{"1":2},"max_tokens":5000,"temperature":0.3,"seed":7,"provider":{"only":["a"]}}"#).unwrap();
+        let edits = BodyEdits {
+            drop: vec!["logit_bias".into(), "seed".into()],
+            rename: vec![("max_tokens".into(), "max_completion_tokens")],
+            max_tokens: Some(4096),
+        };
+        let out = req.upstream_body_with("up", &edits);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert_eq!(
+            text,
+            r#"{"model":"up","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":4096,"temperature":0.3}"#
+        );
+        // No edits: identical to the plain upstream body.
+        assert_eq!(
+            req.upstream_body_with("up", &BodyEdits::default()),
+            req.upstream_body("up")
+        );
+        // A cap above the request's own limit leaves the value as written.
+        let loose = BodyEdits {
+            max_tokens: Some(10_000),
+            ..BodyEdits::default()
+        };
+        let v: Value = serde_json::from_slice(&req.upstream_body_with("up", &loose)).unwrap();
+        assert_eq!(v["max_tokens"], 5000);
+        assert_eq!(v["logit_bias"], json!({"1": 2}));
     }
 }
