@@ -102,11 +102,13 @@ pub fn edits_for(endpoint: &Endpoint, req: &ParsedRequest, route_cap: Option<u64
         if endpoint.supports(param) {
             continue;
         }
-        if let Some(other) = TOKEN_LIMITS.iter().find(|t| **t != param) {
-            if TOKEN_LIMITS.contains(&param) && endpoint.supports(other) {
-                edits.rename.push((param.into(), other));
-                continue;
-            }
+        if TOKEN_LIMITS.contains(&param)
+            && let Some(other) = TOKEN_LIMITS
+                .iter()
+                .find(|t| **t != param && endpoint.supports(t))
+        {
+            edits.rename.push((param.into(), other));
+            continue;
         }
         edits.drop.push(param.into());
     }

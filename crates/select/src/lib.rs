@@ -87,12 +87,16 @@ pub fn plan(snapshot: &Snapshot, req: &ParsedRequest) -> Result<Plan, BoxError> 
             continue;
         }
         plan.models.push(model.id.clone());
-        plan.candidates
-            .extend(model.endpoints.iter().map(|e| switchyard_policy::Candidate {
-                endpoint: e.clone(),
-                why: "fallback",
-                score: None,
-            }));
+        plan.candidates.extend(
+            model
+                .endpoints
+                .iter()
+                .map(|e| switchyard_policy::Candidate {
+                    endpoint: e.clone(),
+                    why: "fallback",
+                    score: None,
+                }),
+        );
     }
     Ok(plan)
 }
