@@ -1,14 +1,20 @@
+use std::sync::Arc;
+
 use tower::Layer;
 
-use crate::Select;
+use crate::{Select, Selector};
 
-/// Wraps a service in [`Select`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SelectLayer;
+/// Wraps a service in [`Select`], sharing one long-lived [`Selector`].
+#[derive(Clone, Debug)]
+pub struct SelectLayer {
+    selector: Arc<Selector>,
+}
 
 impl SelectLayer {
-    pub fn new() -> Self {
-        Self
+    /// A layer routing with `selector` (its health registry and session table outlive
+    /// policy reloads, so the binary builds it once).
+    pub fn new(selector: Arc<Selector>) -> Self {
+        Self { selector }
     }
 }
 
@@ -16,6 +22,6 @@ impl<S> Layer<S> for SelectLayer {
     type Service = Select<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Select::new(inner)
+        Select::new(inner, Arc::clone(&self.selector))
     }
 }

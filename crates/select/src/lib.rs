@@ -1,50 +1,97 @@
-//! Select: turns the model(s) a request names into a [`Plan`] of candidate endpoints.
+//! Select: the routing decision. Turns a request into a [`Plan`]: the route that governs it,
+//! the models it may be served by, the effective provider preferences, the endpoints to try in
+//! order, and every endpoint left out with the reason.
 //!
 //! It sits after Parse (it reads the typed request) and before the attempt layers (they walk
-//! the plan), and it runs once per request, against the snapshot pinned for that request.
-//! Names resolve by model id or alias; `model` may be OpenRouter's comma form `"a,b,c"`, and
-//! `models: [...]` lists fallback models after it. An unknown name is the caller's error (404
-//! naming the model) and nothing is sent upstream.
+//! the plan), runs once per request against the snapshot pinned for that request, and follows
+//! OpenRouter's documented routing, computed locally from the policy. The rules, in full in
+//! `crates/select/ROUTING.md`:
 //!
-//! This crate does not send anything, and it holds no state of its own.
+//! - **Route**: the `x-switchyard-route` header, else `@preset/<id>` in a model name (alone,
+//!   or as `model@preset/<id>`), else the route whose `match_models` names the first requested
+//!   model. A named route that does not exist is a 404 `route_not_found`.
+//! - **Models**: the request's own list when it gives one (`models: [...]`, the comma form
+//!   `"a,b"`, or `model@preset/<id>`); else the route's `models` when non-empty; else the
+//!   requested model. Names resolve by id or alias; `:nitro` (sort by throughput) and `:floor`
+//!   (sort by price) may end any name. An unknown model is a 404 `model_not_found`.
+//! - **Preferences**: `defaults.provider`, then the route's `provider`, then the request's
+//!   (field by field, later wins), then a `:nitro`/`:floor` suffix. A malformed `provider`
+//!   object is a 400 `invalid_parameter` naming the field.
+//! - **Hard filters** (first failure recorded): `only`, `ignore`, `data_collection`, `zdr`,
+//!   `quantizations`, `require_parameters`, tools, `response_format`, `max_tokens`, context
+//!   window, `max_price`.
+//! - **Ordering**, per model (or across all with `sort.partition: "none"`): `order` first, then
+//!   `sort`, else OpenRouter's price-weighted balancing (outages last, first pick weighted by
+//!   1/price², the rest cheapest first); `preferred_*` thresholds push measured laggards
+//!   behind every other candidate; a sticky session's endpoint goes first; with
+//!   `allow_fallbacks: false` only the first candidate of each model (or the `order`
+//!   providers) stays.
+//! - **Nothing left**: a 404 [`NoEndpoints`] listing every exclusion; nothing is sent upstream.
+//!
+//! Long-lived state (live health, sticky sessions, the balancer's random source) lives in the
+//! [`Selector`], built once and shared; [`Selector::plan`] is also what `switchyard explain`
+//! and `POST /admin/explain` call, with [`explain_json`] to render it.
+//!
+//! This crate sends nothing, does not retry or walk the plan (that is Fallback), does not
+//! check breakers or credential cooldowns (per attempt, inside Fallback), and does not measure
+//! health (it only reads `switchyard-health`).
 
 mod error;
+mod explain;
+mod filter;
+mod future;
 mod layer;
+mod order;
+mod resolve;
+mod selector;
+mod session;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::Request;
-use switchyard_core::{BoxError, Failure, ShortCircuit};
-use switchyard_policy::{Plan, Snapshot};
+use http::{Request, Response};
+use switchyard_core::{BoxError, Failure};
+use switchyard_policy::Snapshot;
 use switchyard_wire::ParsedRequest;
+use tokio::time::Instant;
 use tower::Service;
 
-pub use error::{MissingModel, UnknownModel};
+pub use error::{
+    InvalidProvider, MissingModel, NoEndpoints, RouteSource, UnknownModel, UnknownRoute,
+};
+pub use explain::{explain_json, summary_json};
+pub use future::ResponseFuture;
 pub use layer::SelectLayer;
+pub use order::PRICE_EPSILON;
+pub use resolve::ROUTE_HEADER;
+pub use selector::{SESSION_HEADER, Selector};
+pub use session::{DEFAULT_CAPACITY, DEFAULT_IDLE, SessionTable};
 
-/// Response future of [`Select`]: the inner call, or the refusal decided before it.
-pub type ResponseFuture<F, R> = ShortCircuit<F, R>;
-
-/// Inserts the request's [`Plan`] into its extensions, or refuses the request.
+/// Inserts the request's `Arc<Plan>` into its extensions, or refuses the request; on a
+/// successful response, remembers which endpoint served a sticky session.
 #[derive(Clone, Debug)]
 pub struct Select<S> {
     inner: S,
+    selector: Arc<Selector>,
 }
 
 impl<S> Select<S> {
-    pub fn new(inner: S) -> Self {
-        Self { inner }
+    /// Wraps `inner`, routing with `selector`.
+    pub fn new(inner: S, selector: Arc<Selector>) -> Self {
+        Self { inner, selector }
     }
 }
 
-impl<S, R> Service<Request<Arc<ParsedRequest>>> for Select<S>
+impl<S, B> Service<Request<Arc<ParsedRequest>>> for Select<S>
 where
-    S: Service<Request<Arc<ParsedRequest>>, Response = R, Error = BoxError>,
+    S: Service<Request<Arc<ParsedRequest>>, Response = Response<B>, Error = BoxError>,
 {
-    type Response = R;
+    type Response = Response<B>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, R>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -52,51 +99,26 @@ where
 
     fn call(&mut self, mut req: Request<Arc<ParsedRequest>>) -> Self::Future {
         let plan = match req.extensions().get::<Arc<Snapshot>>() {
-            Some(snapshot) => plan(snapshot, req.body()),
+            Some(snapshot) => {
+                self.selector
+                    .plan(snapshot, req.body(), req.headers(), Instant::now())
+            }
             None => Err(Failure::boxed(error::NoPolicy)),
         };
         match plan {
             Ok(plan) => {
+                let sticky = match (&plan.session, plan.models.first()) {
+                    (Some(session), Some(model)) => Some(future::Sticky {
+                        selector: Arc::clone(&self.selector),
+                        model: Arc::clone(model),
+                        session: Arc::clone(session),
+                    }),
+                    _ => None,
+                };
                 req.extensions_mut().insert(Arc::new(plan));
-                ResponseFuture::inner(self.inner.call(req))
+                ResponseFuture::inner(self.inner.call(req), sticky)
             }
-            Err(e) => ResponseFuture::ready(Err(e)),
+            Err(e) => ResponseFuture::failed(e),
         }
     }
-}
-
-/// The plan for one request under one snapshot.
-pub fn plan(snapshot: &Snapshot, req: &ParsedRequest) -> Result<Plan, BoxError> {
-    let mut names: Vec<&str> = Vec::new();
-    if let Some(model) = req.model() {
-        names.extend(model.split(',').map(str::trim).filter(|s| !s.is_empty()));
-    }
-    names.extend(req.models().iter().map(String::as_str));
-    if names.is_empty() {
-        return Err(Failure::boxed(MissingModel));
-    }
-
-    let mut plan = Plan::default();
-    for name in names {
-        let Some(model) = snapshot.model(name) else {
-            return Err(Failure::boxed(UnknownModel {
-                model: name.to_string(),
-            }));
-        };
-        if plan.models.iter().any(|m| *m == model.id) {
-            continue;
-        }
-        plan.models.push(model.id.clone());
-        plan.candidates.extend(
-            model
-                .endpoints
-                .iter()
-                .map(|e| switchyard_policy::Candidate {
-                    endpoint: e.clone(),
-                    why: "fallback",
-                    score: None,
-                }),
-        );
-    }
-    Ok(plan)
 }

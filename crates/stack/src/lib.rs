@@ -17,15 +17,16 @@ use bytes::Bytes;
 use http::{Request, Response};
 use switchyard_compat::CompatLayer;
 use switchyard_core::{BoxError, ProxyBody};
+use switchyard_health::HealthRegistry;
 use switchyard_policy_watch::{PinPolicyLayer, PolicyStore};
 use switchyard_respond::RespondLayer;
-use switchyard_select::SelectLayer;
+use switchyard_select::{SelectLayer, Selector};
 use switchyard_upstream::Upstream;
 use switchyard_wire::ParsedRequest;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
 
-pub use dispatch::{DispatchLayer, NoEndpoints};
+pub use dispatch::{DispatchLayer, EmptyPlan};
 pub use parse::{BodyTooLarge, ParseLayer, UnreadableBody};
 pub use request_id::{RequestIdLayer, new_request_id};
 pub use router::Router;
@@ -33,18 +34,50 @@ pub use router::Router;
 /// The proxy listener's service, ready for hyper.
 pub type ProxyService<B> = BoxCloneService<Request<B>, Response<ProxyBody>, Infallible>;
 
+/// The long-lived state the layers share, which outlives every policy reload: endpoint
+/// health (fed by every attempt, read by the selector) and the selector's sticky sessions.
+#[derive(Clone, Debug)]
+pub struct Registries {
+    pub health: Arc<HealthRegistry>,
+    pub selector: Arc<Selector>,
+}
+
+impl Registries {
+    pub fn new() -> Self {
+        let health = Arc::new(HealthRegistry::default());
+        Self {
+            selector: Arc::new(Selector::new(health.clone())),
+            health,
+        }
+    }
+}
+
+impl Default for Registries {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Builds the proxy service over the real upstream client.
-pub fn proxy<B>(store: Arc<PolicyStore>, upstream: Upstream) -> ProxyService<B>
+pub fn proxy<B>(
+    store: Arc<PolicyStore>,
+    registries: &Registries,
+    upstream: Upstream,
+) -> ProxyService<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    proxy_with(store, upstream)
+    proxy_with(store, registries, upstream)
 }
 
 /// Builds the proxy service over any innermost service that sends one attempt: the real
 /// [`Upstream`] in production, an in-process fake in stack tests and benchmarks.
-pub fn proxy_with<B, U>(store: Arc<PolicyStore>, upstream: U) -> ProxyService<B>
+pub fn proxy_with<B, U>(
+    store: Arc<PolicyStore>,
+    registries: &Registries,
+    upstream: U,
+) -> ProxyService<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -60,10 +93,10 @@ where
         // needs the pinned snapshot for the cap, and everything inward needs the view.
         .layer(ParseLayer::new())
         // Turns the requested models into an ordered plan of endpoints; runs once per request.
-        .layer(SelectLayer::new())
+        .layer(SelectLayer::new(registries.selector.clone()))
         // Per attempt: picks the endpoint this attempt goes to. Layers that depend on the
         // endpoint (compat, breaker, attempt timeout) belong inside it.
-        .layer(DispatchLayer::new())
+        .layer(DispatchLayer::new(registries.health.clone()))
         // Per attempt, so each endpoint gets parameters it accepts.
         .layer(CompatLayer::new())
         // Innermost: the pooled client, the provider's key, the wire adapters.

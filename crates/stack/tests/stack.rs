@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchyard_core::{BoxError, ProxyBody, Served};
 use switchyard_policy::{Endpoint, Env, Snapshot};
 use switchyard_policy_watch::PolicyStore;
-use switchyard_stack::{ProxyService, proxy_with};
+use switchyard_stack::{ProxyService, Registries, proxy_with};
 use switchyard_wire::ParsedRequest;
 use tower::{ServiceExt, service_fn};
 
@@ -91,7 +91,7 @@ fn stack(limit: u64) -> (ProxyService<Full<Bytes>>, Log) {
             Ok::<_, BoxError>(resp)
         }
     });
-    (proxy_with(store(limit), upstream), log)
+    (proxy_with(store(limit), &Registries::new(), upstream), log)
 }
 
 async fn call(
@@ -118,9 +118,10 @@ fn chat(model: &str) -> String {
 }
 
 #[tokio::test]
-async fn first_endpoint_of_the_model_serves_with_headers() {
+async fn the_planned_endpoint_serves_with_headers() {
     let (svc, log) = stack(1 << 20);
-    let (status, headers, v) = call(&svc, "POST", "/v1/chat/completions", &chat("m1")).await;
+    let body = json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}], "provider": {"order": ["b"]}});
+    let (status, headers, v) = call(&svc, "POST", "/v1/chat/completions", &body.to_string()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v, json!({"ok": true}));
     assert_eq!(headers["x-switchyard-provider"], "b");
@@ -284,7 +285,7 @@ async fn every_request_pins_the_snapshot_in_force_when_it_started() {
             Ok::<_, BoxError>(Response::new(ProxyBody::full("{}")))
         }
     });
-    let svc: ProxyService<Full<Bytes>> = proxy_with(store.clone(), upstream);
+    let svc: ProxyService<Full<Bytes>> = proxy_with(store.clone(), &Registries::new(), upstream);
     call(&svc, "POST", "/v1/chat/completions", &chat("m1")).await;
     assert_eq!(log.lock().unwrap()[0].pinned_generation_sha, before);
     assert_ne!(store.load().sha256(), before);

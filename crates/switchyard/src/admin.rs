@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde_json::{Value, json};
 use switchyard_core::{InboundApi, ProxyBody};
 use switchyard_respond::{NotFound, WrongMethod, error_response};
 use tower::util::BoxCloneService;
@@ -18,8 +20,8 @@ pub type AdminService = BoxCloneService<Request<Incoming>, Response<ProxyBody>, 
 
 pub fn service(shared: Arc<Shared>) -> AdminService {
     BoxCloneService::new(tower::service_fn(move |req: Request<Incoming>| {
-        let resp = handle(&shared, req.method(), req.uri().path());
-        async move { Ok::<_, Infallible>(resp) }
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
     }))
 }
 
@@ -28,9 +30,16 @@ const ROUTES: &[(&str, Method)] = &[
     ("/healthz", Method::GET),
     ("/readyz", Method::GET),
     ("/admin/policy", Method::GET),
+    ("/admin/providers", Method::GET),
+    ("/admin/explain", Method::POST),
 ];
 
-fn handle(shared: &Shared, method: &Method, path: &str) -> Response<ProxyBody> {
+/// Bodies of admin requests are small JSON documents; anything larger is a mistake.
+const MAX_ADMIN_BODY: usize = 4 << 20;
+
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
     let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return error_response(
             InboundApi::OpenAi,
@@ -47,12 +56,12 @@ fn handle(shared: &Shared, method: &Method, path: &str) -> Response<ProxyBody> {
             &WrongMethod {
                 method: method.clone(),
                 path: path.to_string(),
-                allowed: "GET",
+                allowed: allowed.as_str(),
             },
             None,
         );
     }
-    match path {
+    match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if shared.draining.load(Ordering::SeqCst) {
@@ -61,7 +70,70 @@ fn handle(shared: &Shared, method: &Method, path: &str) -> Response<ProxyBody> {
                 text(StatusCode::OK, "ready\n")
             }
         }
+        "/admin/providers" => json(&providers_json(shared)),
+        "/admin/explain" => explain(shared, req).await,
         _ => json(&shared.store.status_json()),
+    }
+}
+
+/// Per endpoint of the policy in force: its live statistics and whether it is in an outage.
+fn providers_json(shared: &Shared) -> Value {
+    let snapshot = shared.store.load();
+    let now = tokio::time::Instant::now();
+    let health = &shared.registries.health;
+    let endpoints: Vec<Value> = snapshot
+        .endpoints()
+        .iter()
+        .map(|ep| {
+            let h = health.get(&ep.id);
+            json!({
+                "endpoint": &*ep.id,
+                "provider": &*ep.provider.id,
+                "model": &*ep.model,
+                "recent_outage": h.as_ref().is_some_and(|h| h.recent_outage(now)),
+                "stats": h.map(|h| switchyard_select::summary_json(&h.summary())),
+            })
+        })
+        .collect();
+    json!({ "endpoints": endpoints })
+}
+
+/// `POST /admin/explain`: the body is an LLM request as an application would send it (the
+/// operation from `?path=`, default chat completions); the answer is the routing plan the
+/// proxy would make for it right now, with live statistics.
+async fn explain(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    let op_path = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("path=")))
+        .unwrap_or("/v1/chat/completions")
+        .to_string();
+    let (parts, body) = req.into_parts();
+    let bytes = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return error_response(
+                InboundApi::OpenAi,
+                &switchyard_stack::UnreadableBody {
+                    detail: e.to_string(),
+                },
+                None,
+            );
+        }
+    };
+    let snapshot = shared.store.load();
+    match crate::explain::plan_json(
+        &snapshot,
+        &shared.registries,
+        &op_path,
+        bytes,
+        &parts.headers,
+    ) {
+        Ok(v) => json(&v),
+        Err(e) => match switchyard_core::Failure::find(&*e) {
+            Some(f) => error_response(InboundApi::OpenAi, f.get(), None),
+            None => error_response(InboundApi::OpenAi, &switchyard_respond::Internal, None),
+        },
     }
 }
 

@@ -32,6 +32,17 @@ enum Cmd {
         /// The policy file (JSON or YAML).
         file: PathBuf,
     },
+    /// Print the routing plan for a request: candidates in order, exclusions with reasons.
+    Explain {
+        /// The policy file (JSON or YAML).
+        #[arg(long, env = "SWITCHYARD_POLICY")]
+        policy: PathBuf,
+        /// A request body as the application would send it (JSON).
+        request: PathBuf,
+        /// The API path the request is for.
+        #[arg(long, default_value = "/v1/chat/completions")]
+        path: String,
+    },
     /// Start simulated providers and the proxy with an example policy (no API key needed).
     Demo(demo::DemoArgs),
 }
@@ -73,6 +84,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check { file } => check(&file),
+        Cmd::Explain {
+            policy,
+            request,
+            path,
+        } => crate::explain::run(&policy, &request, &path),
         Cmd::Run(args) => {
             logging::init();
             run(args)
@@ -162,7 +178,7 @@ pub async fn serve_until_signal(store: Arc<PolicyStore>, cfg: server::ServerConf
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = wait_for_shutdown_signal(&store).await {
+    if let Err(e) = wait_for_shutdown_signal(&running.shared).await {
         eprintln!("switchyard: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
@@ -176,7 +192,7 @@ pub async fn serve_until_signal(store: Arc<PolicyStore>, cfg: server::ServerConf
 }
 
 #[cfg(unix)]
-pub(crate) async fn wait_for_shutdown_signal(store: &PolicyStore) -> std::io::Result<()> {
+pub(crate) async fn wait_for_shutdown_signal(shared: &server::Shared) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -186,7 +202,7 @@ pub(crate) async fn wait_for_shutdown_signal(store: &PolicyStore) -> std::io::Re
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
-                match store.reload() {
+                match shared.reload() {
                     Ok(generation) => tracing::info!(generation, "SIGHUP: policy in force"),
                     Err(_) => tracing::warn!("SIGHUP: reload refused; last good policy kept"),
                 }
@@ -196,6 +212,6 @@ pub(crate) async fn wait_for_shutdown_signal(store: &PolicyStore) -> std::io::Re
 }
 
 #[cfg(not(unix))]
-pub(crate) async fn wait_for_shutdown_signal(_store: &PolicyStore) -> std::io::Result<()> {
+pub(crate) async fn wait_for_shutdown_signal(_shared: &server::Shared) -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }

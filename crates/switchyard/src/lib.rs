@@ -8,5 +8,6 @@
 pub mod admin;
 pub mod cli;
 pub mod demo;
+pub mod explain;
 pub mod logging;
 pub mod server;

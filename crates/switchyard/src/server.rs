@@ -16,6 +16,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use switchyard_policy_watch::PolicyStore;
+use switchyard_stack::Registries;
 use switchyard_upstream::{ClientConfig, Clients, Upstream};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,7 +37,21 @@ pub struct ServerConfig {
 #[derive(Debug)]
 pub struct Shared {
     pub store: Arc<PolicyStore>,
+    pub registries: Registries,
     pub draining: AtomicBool,
+}
+
+impl Shared {
+    /// Re-reads the policy file; on success, drops the long-lived state of endpoints the new
+    /// policy no longer has (unchanged ids keep theirs). A refused reload changes nothing.
+    pub fn reload(&self) -> Result<u64, Vec<switchyard_policy::Diagnostic>> {
+        let generation = self.store.reload()?;
+        let snapshot = self.store.load();
+        self.registries
+            .health
+            .retain(&|id| snapshot.endpoint(id).is_some());
+        Ok(generation)
+    }
 }
 
 /// A running proxy; [`Running::shutdown`] drains it.
@@ -62,8 +77,12 @@ pub async fn start(store: Arc<PolicyStore>, cfg: &ServerConfig) -> io::Result<Ru
         ..ClientConfig::default()
     };
     let clients = Clients::new(client_cfg).map_err(|e| io::Error::other(e.to_string()))?;
-    let proxy =
-        switchyard_stack::proxy::<Incoming>(store.clone(), Upstream::new(Arc::new(clients)));
+    let registries = Registries::new();
+    let proxy = switchyard_stack::proxy::<Incoming>(
+        store.clone(),
+        &registries,
+        Upstream::new(Arc::new(clients)),
+    );
 
     let proxy_listener = TcpListener::bind(cfg.listen).await?;
     let admin_listener = TcpListener::bind(cfg.admin).await?;
@@ -72,6 +91,7 @@ pub async fn start(store: Arc<PolicyStore>, cfg: &ServerConfig) -> io::Result<Ru
 
     let shared = Arc::new(Shared {
         store,
+        registries,
         draining: AtomicBool::new(false),
     });
     // Separate stops: the admin port keeps answering probes while the proxy drains.
