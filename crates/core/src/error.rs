@@ -29,6 +29,11 @@ pub trait ProxyError: std::error::Error + Send + Sync + 'static {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+    /// The attempt verdict this error stands for, when it describes an upstream attempt
+    /// (a timeout, an unreachable upstream, a malformed stream).
+    fn class(&self) -> Option<crate::Class> {
+        None
+    }
     /// Any further response headers the error calls for (e.g. `Allow` on a 405).
     fn extra_headers(&self, _headers: &mut http::HeaderMap) {}
 }

@@ -88,3 +88,8 @@ mod tests {
         );
     }
 }
+
+/// When the whole request must be over (DESIGN.md §4 `timeouts.total`), set by the Deadline
+/// layer; attempts, backoffs and Retry-After waits never run past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline(pub tokio::time::Instant);

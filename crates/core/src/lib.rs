@@ -8,13 +8,15 @@
 //! It does no IO and holds no state.
 
 mod body;
+mod class;
 mod error;
 mod ext;
 mod future;
 
 pub use body::{Event, EventKind, EventSource, ProxyBody};
+pub use class::{AttemptObserver, AttemptReport, BreakerEffect, Class};
 pub use error::{Failure, ProxyError};
-pub use ext::{InboundApi, Pricing, Served, Usage};
+pub use ext::{Deadline, InboundApi, Pricing, Served, Usage};
 pub use future::ShortCircuit;
 
 /// The error type passed between tower layers.
