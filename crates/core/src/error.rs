@@ -34,6 +34,11 @@ pub trait ProxyError: std::error::Error + Send + Sync + 'static {
     fn class(&self) -> Option<crate::Class> {
         None
     }
+    /// True when the endpoint was not tried at all (breaker open, cooling down): the fallback
+    /// executor moves on without counting an attempt.
+    fn skipped(&self) -> bool {
+        false
+    }
     /// Any further response headers the error calls for (e.g. `Allow` on a 405).
     fn extra_headers(&self, _headers: &mut http::HeaderMap) {}
 }
