@@ -58,14 +58,24 @@ where
     }
 
     fn call(&mut self, mut req: Request<Arc<ParsedRequest>>) -> Self::Future {
-        if let Some(endpoint) = req.extensions().get::<Arc<Endpoint>>() {
+        if let Some(endpoint) = req.extensions().get::<Arc<Endpoint>>().cloned() {
             let route_cap = req
                 .extensions()
                 .get::<Arc<Plan>>()
                 .and_then(|p| p.route.as_ref())
                 .and_then(|r| r.max_tokens);
-            let edits = edits_for(endpoint, req.body(), route_cap);
+            let edits = edits_for(&endpoint, req.body(), route_cap);
             if !edits.is_empty() {
+                // Edits an outer layer already asked for (a forced stream, a prefill) stay.
+                let edits = match req.extensions_mut().remove::<BodyEdits>() {
+                    Some(outer) => BodyEdits {
+                        drop: edits.drop,
+                        rename: edits.rename,
+                        max_tokens: edits.max_tokens,
+                        ..outer
+                    },
+                    None => edits,
+                };
                 tracing::debug!(
                     endpoint = %endpoint.id,
                     dropped = ?edits.drop,

@@ -228,3 +228,83 @@ mod tests {
         }
     }
 }
+
+/// Endpoint health learns from the fallback executor's verdict on every attempt: the same
+/// classification the breaker and budgets read (DESIGN.md §4).
+impl switchyard_core::AttemptObserver for HealthRegistry {
+    fn observe(&self, r: &switchyard_core::AttemptReport) {
+        use crate::{Outcome, Sample};
+        use switchyard_core::{BreakerEffect, Class};
+        let outcome = match r.class.breaker_effect() {
+            BreakerEffect::Success => Outcome::Success,
+            BreakerEffect::Failure => Outcome::Failure,
+            // A rate limit or a bad key is not an outage of the endpoint (the breaker's
+            // cooldowns handle those); client errors and cancellations are nobody's fault.
+            BreakerEffect::RateOnly | BreakerEffect::Credential | BreakerEffect::Ignore => {
+                Outcome::Neutral
+            }
+        };
+        if outcome == Outcome::Neutral && r.class != Class::Success {
+            return;
+        }
+        self.endpoint(&r.endpoint).record(Sample {
+            at: r.ended_at,
+            outcome,
+            ttft: r.ttft,
+            latency: r.ended_at.saturating_duration_since(r.sent_at),
+            output_tokens: r.usage.map(|u| u.completion_tokens),
+        });
+    }
+}
+
+#[cfg(test)]
+mod observer_tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use switchyard_core::{AttemptObserver, AttemptReport, Class, Usage};
+    use tokio::time::Instant;
+
+    use crate::{HealthConfig, HealthRegistry};
+
+    fn report(class: Class, ttft_ms: u64, total_ms: u64, tokens: u64) -> AttemptReport {
+        let sent_at = Instant::now();
+        AttemptReport {
+            endpoint: Arc::from("p/m"),
+            provider: Arc::from("p"),
+            model: Arc::from("m"),
+            attempt: 1,
+            class,
+            status: Some(200),
+            sent_at,
+            ttft: Some(Duration::from_millis(ttft_ms)),
+            ended_at: sent_at + Duration::from_millis(total_ms),
+            usage: Some(Usage {
+                prompt_tokens: 10,
+                completion_tokens: tokens,
+                cost: 0.0,
+                estimated: false,
+            }),
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_feed_samples_by_verdict() {
+        let h = HealthRegistry::new(HealthConfig {
+            refresh: Duration::ZERO,
+            ..HealthConfig::default()
+        });
+        h.observe(&report(Class::Success, 100, 1100, 50));
+        h.observe(&report(Class::RateLimited, 0, 10, 0));
+        h.observe(&report(Class::ClientError, 0, 10, 0));
+        let s = h.get("p/m").unwrap().summary();
+        assert_eq!(s.samples, 1, "only the success counts");
+        assert!((s.throughput.unwrap().p50 - 50.0).abs() < 1e-9);
+        for _ in 0..3 {
+            h.observe(&report(Class::FirstTokenTimeout, 0, 10, 0));
+        }
+        assert!(h.get("p/m").unwrap().recent_outage(Instant::now()));
+    }
+}

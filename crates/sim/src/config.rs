@@ -7,6 +7,13 @@ use serde::{Deserialize, Serialize};
 
 /// How the simulated provider answers one request. The default is a healthy, instant,
 /// 8-chunk answer; every field adds one fault or delay.
+///
+/// A chat request whose last message is the assistant's, with string content P, asks for a
+/// continuation (assistant prefill): when P is a prefix of the text this behaviour produces
+/// ([`crate::expected_text`]), only the rest is generated, in the same chunks (the first one
+/// possibly a partial word; see [`crate::continuation_text`]), and completion tokens count
+/// those chunks only; otherwise the normal text is generated. Faults and delays apply to a
+/// continuation like to any request. Tool-call answers are never continued.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Behavior {
@@ -60,6 +67,10 @@ pub struct Behavior {
     /// Answer with a tool call to the request's first tool, its arguments streamed in
     /// `chunks` fragments.
     pub tool_call: bool,
+    /// Answer 400 (`invalid_request_error`, "assistant prefill is not supported") to any chat
+    /// request whose last message is the assistant's, as a provider without prefill support
+    /// does.
+    pub reject_prefill: bool,
 }
 
 impl Behavior {
@@ -185,6 +196,12 @@ impl Behavior {
     /// Answers with a tool call.
     pub fn tool_call(mut self) -> Self {
         self.tool_call = true;
+        self
+    }
+
+    /// Rejects requests that end with an assistant message (no prefill support).
+    pub fn reject_prefill(mut self) -> Self {
+        self.reject_prefill = true;
         self
     }
 }
@@ -321,6 +338,7 @@ mod tests {
             .never_answer()
             .fail_every(2)
             .tool_call()
+            .reject_prefill()
             .chunk_delay(Duration::from_millis(5));
         assert_eq!(b.status, Some(503));
         assert_eq!(b.error_code.as_deref(), Some("overloaded"));
@@ -333,6 +351,10 @@ mod tests {
             (Some(1), Some(2), Some(3))
         );
         assert!(b.omit_done && b.omit_usage && b.empty && b.never_answer && b.tool_call);
+        assert!(b.reject_prefill);
+        assert!(!Behavior::ok().reject_prefill);
+        let parsed: Behavior = serde_json::from_str(r#"{"reject_prefill":true}"#).unwrap();
+        assert_eq!(parsed, Behavior::ok().reject_prefill());
         assert!(!b.reset);
         assert_eq!(b.fail_every, Some(2));
         assert_eq!(b.chunk_delay, Duration::from_millis(5));

@@ -19,7 +19,7 @@ use crate::openai::{self, Kind, Reply, Route, ToolCall};
 use crate::record::{Call, Outcome, Recorder, record_headers};
 use crate::script::{Script, SimBody, Step, Tracker};
 use crate::server::ConnCtx;
-use crate::text::{content_chunks, prompt_tokens, tool_arguments};
+use crate::text::{content_chunks, continue_after, prompt_tokens, tool_arguments};
 
 /// State shared by the [`crate::Sim`] handle and every connection.
 #[derive(Debug)]
@@ -292,6 +292,23 @@ impl Handler {
             self.conn.closed().await;
             return Err(SimError::NoResponse);
         }
+        let prefill = match route {
+            Route::Chat => trailing_assistant(&ex.body),
+            _ => None,
+        };
+        if b.reject_prefill && prefill.is_some() {
+            ex.tracker.finish(Outcome::Error { status: 400 });
+            let body = openai::error_body(
+                "assistant prefill is not supported",
+                "invalid_request_error",
+                Some("messages"),
+                Some("invalid_request_error"),
+            );
+            return Ok(with_request_id(
+                json_response(StatusCode::BAD_REQUEST, body),
+                ex.seq,
+            ));
+        }
         if let Some(status) = b.status.filter(|_| fails)
             && status != 200
         {
@@ -327,10 +344,10 @@ impl Handler {
             id: format!("call_{}_{}", ex.name, ex.seq),
             name: first_tool_name(&ex.body),
         });
-        let pieces = if tool.is_some() {
-            tool_arguments(&chunks)
-        } else {
-            chunks
+        let pieces = match (&tool, prefill.and_then(|m| m.get("content")?.as_str())) {
+            (Some(_), _) => tool_arguments(&chunks),
+            (None, Some(prefill)) => continue_after(chunks, prefill),
+            (None, None) => chunks,
         };
         let reply = Reply {
             kind,
@@ -467,6 +484,14 @@ fn with_request_id(mut response: SimResponse, seq: u64) -> SimResponse {
     response
 }
 
+/// The request's last message when it is the assistant's: a prefill to continue.
+fn trailing_assistant(body: &Value) -> Option<&Value> {
+    body.get("messages")?
+        .as_array()?
+        .last()
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+}
+
 /// The function a tool-call answer calls: the request's first tool, as OpenAI
 /// (`tools[0].function.name`) or flat (`tools[0].name`) declares it.
 fn first_tool_name(body: &Value) -> String {
@@ -551,5 +576,27 @@ mod tests {
             "flat"
         );
         assert_eq!(first_tool_name(&json!({})), "tool");
+    }
+
+    #[test]
+    fn trailing_assistant_messages_are_prefills() {
+        let prefill = json!({"messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hel"}
+        ]});
+        assert_eq!(
+            trailing_assistant(&prefill).and_then(|m| m["content"].as_str()),
+            Some("Hel")
+        );
+        let parts = json!({"messages": [{"role": "assistant", "content": [{"type": "text", "text": "x"}]}]});
+        assert!(trailing_assistant(&parts).is_some());
+        for body in [
+            json!({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}),
+            json!({"messages": []}),
+            json!({"prompt": "x"}),
+            json!({"messages": "nope"}),
+        ] {
+            assert!(trailing_assistant(&body).is_none(), "{body}");
+        }
     }
 }

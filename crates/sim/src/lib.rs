@@ -5,8 +5,10 @@
 //! answers are scripted per request sequence, per model and by default ([`SimConfig`],
 //! [`Behavior`]): errors with Retry-After, delays before headers, first token and between
 //! chunks, streams that are cut, stall, carry broken JSON or lack `[DONE]`, empty answers,
-//! tool calls, TCP resets and requests that are never answered. Every request is recorded
-//! ([`Call`]) with how it ended ([`Outcome`]), including when the client went away.
+//! tool calls, TCP resets and requests that are never answered. A chat request that ends with
+//! an assistant message continues that answer (assistant prefill, see [`Behavior`]), unless
+//! the behaviour rejects prefill as some providers do. Every request is recorded ([`Call`])
+//! with how it ended ([`Outcome`]), including when the client went away.
 //!
 //! It sits outside the proxy: black-box tests, benchmarks and `switchyard demo` point
 //! Switchyard's providers at it. It depends on no other Switchyard crate and is never in the
@@ -39,7 +41,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{Behavior, SimConfig};
 pub use record::{Call, Outcome, fingerprint};
-pub use text::{DEFAULT_CHUNKS, expected_text, prompt_tokens};
+pub use text::{DEFAULT_CHUNKS, continuation_text, expected_text, prompt_tokens};
 
 use handler::Shared;
 

@@ -49,6 +49,42 @@ pub fn expected_text(config_name: &str, b: &Behavior) -> String {
     }
 }
 
+/// What a success of `b` produces as the continuation of an answer that already reads
+/// `prefill` (an assistant prefill): the rest of [`expected_text`] when `prefill` is a prefix
+/// of it, else the whole of it. Tool-call answers are never continued.
+pub fn continuation_text(config_name: &str, b: &Behavior, prefill: &str) -> String {
+    if b.tool_call && !b.empty {
+        return expected_text(config_name, b);
+    }
+    continue_after(content_chunks(config_name, b), prefill).concat()
+}
+
+/// The chunks still to send after `prefill`: when `prefill` is a prefix of the chunks'
+/// concatenation, the chunks after it (the first one cut where `prefill` ends, so it may be
+/// a partial word); otherwise all of them.
+pub(crate) fn continue_after(chunks: Vec<String>, prefill: &str) -> Vec<String> {
+    let mut rest = prefill;
+    for (i, chunk) in chunks.iter().enumerate() {
+        if rest.is_empty() {
+            return chunks[i..].to_vec();
+        }
+        if rest.len() >= chunk.len() {
+            match rest.strip_prefix(chunk.as_str()) {
+                Some(after) => rest = after,
+                None => return chunks,
+            }
+        } else {
+            return match chunk.strip_prefix(rest) {
+                Some(tail) => std::iter::once(tail.to_owned())
+                    .chain(chunks[i + 1..].iter().cloned())
+                    .collect(),
+                None => chunks,
+            };
+        }
+    }
+    if rest.is_empty() { Vec::new() } else { chunks }
+}
+
 /// The content chunks of a success, in order.
 pub(crate) fn content_chunks(config_name: &str, b: &Behavior) -> Vec<String> {
     if b.empty {
@@ -242,5 +278,53 @@ mod tests {
             assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
         }
         assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
+    }
+
+    #[test]
+    fn continuation_after_a_prefix_of_the_answer() {
+        let b = Behavior::ok().chunks(4);
+        let full = expected_text("alpha", &b);
+        assert_eq!(full, "alpha says hello from ");
+        let chunks = || content_chunks("alpha", &b);
+        // On a chunk boundary: the following chunks, whole.
+        assert_eq!(
+            continue_after(chunks(), "alpha says "),
+            vec!["hello ", "from "]
+        );
+        // Mid-word: the first chunk is the rest of that word.
+        assert_eq!(
+            continue_after(chunks(), "alpha says hel"),
+            vec!["lo ", "from "]
+        );
+        assert_eq!(
+            continue_after(chunks(), "alp"),
+            vec!["ha ", "says ", "hello ", "from "]
+        );
+        // Empty prefill: everything; the whole answer: nothing.
+        assert_eq!(continue_after(chunks(), ""), chunks());
+        assert!(continue_after(chunks(), &full).is_empty());
+        // Not a prefix (or longer than the answer): the normal answer.
+        assert_eq!(continue_after(chunks(), "alpha sings"), chunks());
+        assert_eq!(continue_after(chunks(), "beta"), chunks());
+        assert_eq!(
+            continue_after(chunks(), &format!("{full}and more")),
+            chunks()
+        );
+        assert_eq!(continuation_text("alpha", &b, "alpha says hel"), "lo from ");
+        assert_eq!(continuation_text("alpha", &b, "nope"), full);
+    }
+
+    #[test]
+    fn continuation_respects_multibyte_text_and_skips_tool_calls() {
+        let b = Behavior::ok().text("caf\u{e9} cr\u{e8}me br\u{fb}l\u{e9}e");
+        assert_eq!(
+            continue_after(content_chunks("x", &b), "caf\u{e9} cr\u{e8}"),
+            vec!["me ", "br\u{fb}l\u{e9}e"]
+        );
+        let tool = Behavior::ok().chunks(2).tool_call();
+        assert_eq!(
+            continuation_text("t", &tool, "{\"text\""),
+            expected_text("t", &tool)
+        );
     }
 }

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use switchyard_sim::{
-    Behavior, Outcome, Sim, SimConfig, expected_text, fingerprint, prompt_tokens,
+    Behavior, Outcome, Sim, SimConfig, continuation_text, expected_text, fingerprint, prompt_tokens,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -1070,4 +1070,301 @@ async fn shutdown_does_not_wait_forever_for_a_stalled_stream() {
         .await
         .expect("the connection is closed");
     assert!(!matches!(rest, Some(Ok(_))), "{rest:?}");
+}
+
+/// A chat request continuing an answer that already reads `prefill`.
+fn prefilled(model: &str, prefill: &str, stream: bool) -> Value {
+    let mut body = chat(model);
+    body["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "assistant", "content": prefill}));
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+/// The content of a chat stream's content chunks, and its reported completion tokens.
+fn streamed_content(events: &[String]) -> (Vec<String>, Option<u64>) {
+    let mut pieces = Vec::new();
+    let mut completion = None;
+    for event in events.iter().filter(|e| !e.contains("[DONE]")) {
+        let chunk = data(event);
+        if let Some(text) = chunk["choices"][0]["delta"]["content"].as_str()
+            && !text.is_empty()
+        {
+            pieces.push(text.to_owned());
+        }
+        if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
+            completion = Some(n);
+        }
+    }
+    (pieces, completion)
+}
+
+#[tokio::test]
+async fn prefill_continues_the_answer() {
+    let sim = Sim::start(SimConfig::named("alpha")).await.unwrap();
+    let full = expected_text("alpha", &Behavior::ok());
+    assert_eq!(full, "alpha says hello from a simulated provider with ");
+
+    // Mid-word prefill, whole body: only the rest, counted in chunks.
+    let (status, v) = post_json(
+        &sim,
+        "/v1/chat/completions",
+        &prefilled("m", "alpha says hel", false),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let rest = "lo from a simulated provider with ";
+    assert_eq!(v["choices"][0]["message"]["content"], rest);
+    assert_eq!(
+        continuation_text("alpha", &Behavior::ok(), "alpha says hel"),
+        rest
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 6);
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        prompt_tokens(&prefilled("m", "alpha says hel", false))
+    );
+
+    // Streamed: the same rest, the first chunk a partial word.
+    let events = stream(&sim, &prefilled("m", "alpha says hel", true)).await;
+    let (pieces, completion) = streamed_content(&events);
+    assert_eq!(
+        pieces,
+        ["lo ", "from ", "a ", "simulated ", "provider ", "with "]
+    );
+    assert_eq!(completion, Some(6));
+    assert_eq!(
+        sim.wait_outcome(2, SECOND).await,
+        Some(Outcome::Completed { chunks: 6 })
+    );
+
+    // On a chunk boundary.
+    let events = stream(&sim, &prefilled("m", "alpha says hello ", true)).await;
+    assert_eq!(streamed_content(&events).0[0], "from ");
+
+    // Not a prefix: the normal answer.
+    let (_, v) = post_json(&sim, "/v1/chat/completions", &prefilled("m", "beta", false)).await;
+    assert_eq!(v["choices"][0]["message"]["content"], full);
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+
+    // The whole answer already: nothing is left to say.
+    let (_, v) = post_json(&sim, "/v1/chat/completions", &prefilled("m", &full, false)).await;
+    assert_eq!(v["choices"][0]["message"]["content"], "");
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn faults_apply_to_continuations() {
+    // A stream cut after 3 chunks, continued on the same sim, cut again, then finished.
+    let sim = Sim::start(
+        SimConfig::named("alpha")
+            .then(Behavior::ok().cut_after(3))
+            .then(Behavior::ok().cut_after(2)),
+    )
+    .await
+    .unwrap();
+    let response = send(
+        &sim,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(&chat_stream("m", true)),
+        &[],
+    )
+    .await;
+    let (events, _) = frames(response).await.unwrap_err();
+    let (first, _) = streamed_content(&events);
+    assert_eq!(first.concat(), "alpha says hello ");
+
+    let so_far = first.concat();
+    let response = send(
+        &sim,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(&prefilled("m", &so_far, true)),
+        &[],
+    )
+    .await;
+    let (events, _) = frames(response).await.unwrap_err();
+    let (second, _) = streamed_content(&events);
+    assert_eq!(second, ["from ", "a "]);
+    assert_eq!(
+        sim.wait_outcome(2, SECOND).await,
+        Some(Outcome::Cut { chunks: 2 })
+    );
+
+    let so_far = format!("{so_far}{}", second.concat());
+    let events = stream(&sim, &prefilled("m", &so_far, true)).await;
+    let (third, completion) = streamed_content(&events);
+    assert_eq!(
+        format!("{so_far}{}", third.concat()),
+        expected_text("alpha", &Behavior::ok())
+    );
+    assert_eq!(completion, Some(3));
+    assert_eq!(events.last().unwrap(), "data: [DONE]\n\n");
+}
+
+#[tokio::test]
+async fn reject_prefill_answers_400() {
+    let sim = Sim::start(SimConfig::named("r").default_behavior(Behavior::ok().reject_prefill()))
+        .await
+        .unwrap();
+    for stream in [false, true] {
+        let (status, headers, bytes) = post(
+            &sim,
+            "/v1/chat/completions",
+            &prefilled("m", "alpha", stream),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(headers["content-type"], "application/json");
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["message"], "assistant prefill is not supported");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "invalid_request_error");
+    }
+    // Non-string content is an assistant message too.
+    let mut body = chat("m");
+    body["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "assistant", "content": [{"type": "text", "text": "x"}]}));
+    assert_eq!(
+        post(&sim, "/v1/chat/completions", &body).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // An assistant message earlier in the conversation is not a prefill.
+    let mut body = chat("m");
+    let messages = body["messages"].as_array_mut().unwrap();
+    messages.insert(1, json!({"role": "assistant", "content": "earlier"}));
+    let (status, v) = post_json(&sim, "/v1/chat/completions", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        expected_text("r", &Behavior::ok())
+    );
+    // Text completions have no messages to reject.
+    let (status, _) = post_json(
+        &sim,
+        "/v1/completions",
+        &json!({"model": "m", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let outcomes: Vec<_> = sim.calls().into_iter().map(|c| c.outcome).collect();
+    assert_eq!(outcomes[0], Some(Outcome::Error { status: 400 }));
+    assert_eq!(outcomes[1], Some(Outcome::Error { status: 400 }));
+}
+
+#[tokio::test]
+async fn first_token_delay_delays_a_whole_body() {
+    let b = Behavior::ok()
+        .headers_delay(Duration::from_millis(150))
+        .first_token_delay(Duration::from_millis(200));
+    let sim = Sim::start(SimConfig::named("d").default_behavior(b))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let response = send(
+        &sim,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(&chat("m")),
+        &[],
+    )
+    .await;
+    // Nothing of a whole-body answer comes before its first token would have.
+    assert!(
+        start.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        start.elapsed()
+    );
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn whole_body_delays_follow_the_tokio_clock() {
+    let b = Behavior::ok()
+        .headers_delay(Duration::from_secs(60))
+        .first_token_delay(Duration::from_secs(30));
+    let sim = Sim::start(SimConfig::named("p").default_behavior(b))
+        .await
+        .unwrap();
+    let wall = std::time::Instant::now();
+    let start = Instant::now();
+    let (status, v) = post_json(&sim, "/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["object"], "chat.completion");
+    assert!(
+        start.elapsed() >= Duration::from_secs(90),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(wall.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn stall_after_whole_body_sends_headers_only() {
+    let sim = Sim::start(SimConfig::named("s").default_behavior(Behavior::ok().stall_after(0)))
+        .await
+        .unwrap();
+    let response = send(
+        &sim,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(&chat("m")),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let announced: usize = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(announced > 100);
+    let mut body = response.into_body();
+    assert!(
+        timeout(Duration::from_millis(300), body.frame())
+            .await
+            .is_err(),
+        "the body never comes"
+    );
+    assert_eq!(sim.calls()[0].outcome, None);
+    drop(body);
+    let outcome = sim.wait_outcome(1, SECOND).await;
+    assert!(
+        matches!(outcome, Some(Outcome::ClientGone { chunks: 0, .. })),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn never_answer_a_stream_sends_no_headers() {
+    let sim = Sim::start(SimConfig::named("n").default_behavior(Behavior::ok().never_answer()))
+        .await
+        .unwrap();
+    let mut tcp = raw(&sim, &chat_stream("m", true)).await;
+    let mut buf = [0u8; 64];
+    assert!(
+        timeout(Duration::from_millis(300), tcp.read(&mut buf))
+            .await
+            .is_err(),
+        "not even a status line"
+    );
+    until(|| sim.call_count() == 1).await;
+    assert!(sim.calls()[0].stream);
+    drop(tcp);
+    let outcome = sim.wait_outcome(1, SECOND).await;
+    assert!(
+        matches!(outcome, Some(Outcome::ClientGone { chunks: 0, .. })),
+        "{outcome:?}"
+    );
 }

@@ -2,10 +2,9 @@
 //! layers run, and why (DESIGN.md §1).
 //!
 //! Everything that depends on which endpoint is being tried sits inside the per-attempt
-//! dispatch, or it would apply to the first candidate only. The service is boxed once, here,
+//! fallback executor, or it would apply to the first candidate only. The service is boxed once, here,
 //! at the stack's edge.
 
-mod dispatch;
 mod parse;
 mod request_id;
 mod router;
@@ -15,18 +14,20 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use switchyard_breaker::{BreakerLayer, BreakerRegistry};
 use switchyard_compat::CompatLayer;
-use switchyard_core::{BoxError, ProxyBody};
+use switchyard_core::{AttemptObserver, BoxError, ProxyBody};
+use switchyard_fallback::{FallbackLayer, RetryBudget};
 use switchyard_health::HealthRegistry;
 use switchyard_policy_watch::{PinPolicyLayer, PolicyStore};
 use switchyard_respond::RespondLayer;
 use switchyard_select::{SelectLayer, Selector};
+use switchyard_timeout::{AttemptTimeoutLayer, DeadlineLayer};
 use switchyard_upstream::Upstream;
 use switchyard_wire::ParsedRequest;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
 
-pub use dispatch::{DispatchLayer, EmptyPlan};
 pub use parse::{BodyTooLarge, ParseLayer, UnreadableBody};
 pub use request_id::{RequestIdLayer, new_request_id};
 pub use router::Router;
@@ -40,6 +41,8 @@ pub type ProxyService<B> = BoxCloneService<Request<B>, Response<ProxyBody>, Infa
 pub struct Registries {
     pub health: Arc<HealthRegistry>,
     pub selector: Arc<Selector>,
+    pub breakers: Arc<BreakerRegistry>,
+    pub retry_budget: Arc<RetryBudget>,
 }
 
 impl Registries {
@@ -48,7 +51,22 @@ impl Registries {
         Self {
             selector: Arc::new(Selector::new(health.clone())),
             health,
+            breakers: Arc::new(BreakerRegistry::default()),
+            retry_budget: Arc::new(RetryBudget::new()),
         }
+    }
+
+    /// Everything that learns from each attempt's verdict.
+    pub fn observers(&self) -> Vec<Arc<dyn AttemptObserver>> {
+        vec![self.health.clone(), self.breakers.clone()]
+    }
+
+    /// After a reload: drops the state of endpoints the policy no longer has; unchanged ids
+    /// keep theirs (breaker state, health, sessions pointing at them).
+    pub fn reconcile(&self, snapshot: &switchyard_policy::Snapshot) {
+        let keep = |id: &str| snapshot.endpoint(id).is_some();
+        self.health.retain(&keep);
+        self.breakers.retain(&keep);
     }
 }
 
@@ -87,18 +105,29 @@ where
         + 'static,
     U::Future: Send + 'static,
 {
-    // Per request, from the pinned snapshot on: resolve the models to a plan, then send.
+    // Per request, from the pinned snapshot on: a plan, then attempts until one succeeds.
     let llm = ServiceBuilder::new()
         // Buffers the body under the policy's size cap and parses it once into a typed view;
         // needs the pinned snapshot for the cap, and everything inward needs the view.
         .layer(ParseLayer::new())
-        // Turns the requested models into an ordered plan of endpoints; runs once per request.
+        // The request's total time, across every attempt, backoff and wait below it; a
+        // stream still running at the deadline is cut with an explicit error event.
+        .layer(DeadlineLayer::new())
+        // Turns the requested models into an ordered plan of endpoints; once per request.
         .layer(SelectLayer::new(registries.selector.clone()))
-        // Per attempt: picks the endpoint this attempt goes to. Layers that depend on the
-        // endpoint (compat, breaker, attempt timeout) belong inside it.
-        .layer(DispatchLayer::new(registries.health.clone()))
-        // Per attempt, so each endpoint gets parameters it accepts.
+        // Walks the plan: classifies each attempt once, retries or moves on, holds streams
+        // until their commit point, continues cut streams. Everything below runs per attempt,
+        // because it depends on the endpoint being tried.
+        .layer(FallbackLayer::new(
+            registries.observers(),
+            registries.retry_budget.clone(),
+        ))
+        // The endpoint gets only parameters it accepts.
         .layer(CompatLayer::new())
+        // May we send to this endpoint at all? Open breakers and cooldowns are skipped, not tried.
+        .layer(BreakerLayer::new(registries.breakers.clone()))
+        // First token, idle between chunks, attempt total — never past the deadline.
+        .layer(AttemptTimeoutLayer::new())
         // Innermost: the pooled client, the provider's key, the wire adapters.
         .service(upstream);
 

@@ -143,10 +143,39 @@ async fn the_planned_endpoint_serves_with_headers() {
 #[tokio::test]
 async fn aliases_comma_form_and_models_list_resolve_in_order() {
     let (svc, log) = stack(1 << 20);
-    call(&svc, "POST", "/v1/chat/completions", &chat("one")).await;
-    call(&svc, "POST", "/v1/chat/completions", &chat("m2,m1")).await;
-    let body = json!({"models": ["m2", "m1"], "messages": [{"role": "user", "content": "x"}]});
-    call(&svc, "POST", "/v1/chat/completions", &body.to_string()).await;
+    // Sorted by price so the endpoint choice is deterministic (equal prices keep policy order).
+    let body = |model: Option<&str>, models: &[&str]| {
+        let mut v =
+            json!({"provider": {"sort": "price"}, "messages": [{"role": "user", "content": "x"}]});
+        if let Some(m) = model {
+            v["model"] = json!(m);
+        }
+        if !models.is_empty() {
+            v["models"] = json!(models);
+        }
+        v.to_string()
+    };
+    call(
+        &svc,
+        "POST",
+        "/v1/chat/completions",
+        &body(Some("one"), &[]),
+    )
+    .await;
+    call(
+        &svc,
+        "POST",
+        "/v1/chat/completions",
+        &body(Some("m2,m1"), &[]),
+    )
+    .await;
+    call(
+        &svc,
+        "POST",
+        "/v1/chat/completions",
+        &body(None, &["m2", "m1"]),
+    )
+    .await;
     let endpoints: Vec<String> = log
         .lock()
         .unwrap()

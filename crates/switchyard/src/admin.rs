@@ -86,10 +86,23 @@ fn providers_json(shared: &Shared) -> Value {
         .iter()
         .map(|ep| {
             let h = health.get(&ep.id);
+            let b = shared.registries.breakers.state(&ep.id, now);
+            let until = |t: Option<tokio::time::Instant>| {
+                t.map(|t| t.saturating_duration_since(now).as_millis() as u64)
+            };
             json!({
                 "endpoint": &*ep.id,
                 "provider": &*ep.provider.id,
                 "model": &*ep.model,
+                "breaker": {
+                    "state": b.phase.as_str(),
+                    "consecutive_failures": b.consecutive_failures,
+                    "failure_rate": b.failure_rate,
+                    "requests": b.requests,
+                    "open_for_ms": until(b.open_until),
+                    "rate_limited_for_ms": until(b.rate_limited_until),
+                    "credential_cooldown_for_ms": until(b.credential_until),
+                },
                 "recent_outage": h.as_ref().is_some_and(|h| h.recent_outage(now)),
                 "stats": h.map(|h| switchyard_select::summary_json(&h.summary())),
             })

@@ -46,10 +46,7 @@ impl Shared {
     /// policy no longer has (unchanged ids keep theirs). A refused reload changes nothing.
     pub fn reload(&self) -> Result<u64, Vec<switchyard_policy::Diagnostic>> {
         let generation = self.store.reload()?;
-        let snapshot = self.store.load();
-        self.registries
-            .health
-            .retain(&|id| snapshot.endpoint(id).is_some());
+        self.registries.reconcile(&self.store.load());
         Ok(generation)
     }
 }

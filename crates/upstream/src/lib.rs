@@ -77,6 +77,7 @@ async fn send(
         None => (64 << 20, 1 << 20),
     };
     let req_edits = req.extensions().get::<BodyEdits>().cloned();
+    let forced_stream = req_edits.as_ref().is_some_and(|e| e.force_stream);
     let parsed = req.into_body();
     let op = parsed.operation();
     let provider = &endpoint.provider;
@@ -106,7 +107,8 @@ async fn send(
         provider: provider.id.clone(),
         upstream_model: endpoint.upstream_model.clone(),
         pricing: endpoint.pricing,
-        client_wants_usage: parsed.client_wants_usage(),
+        // A forced stream is aggregated by the fallback executor, which needs the usage chunk.
+        client_wants_usage: parsed.client_wants_usage() || forced_stream,
     };
 
     let is_sse = parts
@@ -184,7 +186,7 @@ fn build_request(
         .header(USER_AGENT, USER_AGENT_VALUE)
         .header(
             ACCEPT,
-            if parsed.stream() {
+            if parsed.stream() || edits.is_some_and(|e| e.force_stream) {
                 "text/event-stream"
             } else {
                 "application/json"

@@ -1,7 +1,9 @@
 //! Leaf errors of the wire crate.
 
-use http::StatusCode;
-use switchyard_core::ProxyError;
+use http::{HeaderMap, StatusCode};
+use switchyard_core::{Class, ProxyError};
+
+use crate::classify::{classify_error_event, classify_response};
 
 /// Why a caller's request body was rejected before any routing. Always a 400 in the
 /// caller's error shape; `code` and `param` are part of the external contract.
@@ -52,9 +54,8 @@ impl ProxyError for RequestError {
 
 /// What went wrong reading an upstream response.
 ///
-/// Streams yield it boxed as a plain [`switchyard_core::BoxError`], so layers find it with
-/// `err.downcast_ref::<WireError>()`; it also implements [`ProxyError`] for a layer that
-/// wraps it in a [`switchyard_core::Failure`].
+/// Streams yield it as [`switchyard_core::Failure::boxed`], so layers find it (and its
+/// verdict, [`ProxyError::class`]) with [`switchyard_core::Failure::find`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// The upstream sent something that is not the JSON (or SSE) its API promises.
@@ -87,6 +88,22 @@ impl ProxyError for WireError {
 
     fn error_type(&self) -> &'static str {
         "upstream_error"
+    }
+
+    /// Malformed JSON or SSE and over-long lines are [`Class::Malformed`]; an upstream
+    /// `error` object is classified by the status it names and its wording, as
+    /// [`classify_response`] (or, with no status, [`classify_error_event`]) does.
+    fn class(&self) -> Option<Class> {
+        Some(match self {
+            Self::Malformed { .. } | Self::LineTooLong { .. } => Class::Malformed,
+            Self::UpstreamError {
+                status: Some(status),
+                message,
+            } if *status >= 400 => {
+                classify_response(*status, &HeaderMap::new(), message.as_bytes()).class
+            }
+            Self::UpstreamError { message, .. } => classify_error_event(message.as_bytes()),
+        })
     }
 
     fn code(&self) -> &'static str {
@@ -136,5 +153,55 @@ mod tests {
         let e = WireError::Malformed { detail: "x".into() };
         assert_eq!(e.code(), "malformed_response");
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn wire_errors_carry_their_verdict() {
+        let class = |e: WireError| e.class();
+        assert_eq!(
+            class(WireError::Malformed { detail: "x".into() }),
+            Some(Class::Malformed)
+        );
+        assert_eq!(
+            class(WireError::LineTooLong { limit: 8 }),
+            Some(Class::Malformed)
+        );
+        let upstream = |status, message: &str| WireError::UpstreamError {
+            status,
+            message: message.into(),
+        };
+        assert_eq!(
+            class(upstream(Some(429), "slow down")),
+            Some(Class::RateLimited)
+        );
+        assert_eq!(class(upstream(Some(503), "busy")), Some(Class::ServerError));
+        assert_eq!(
+            class(upstream(Some(401), "bad key")),
+            Some(Class::Credential)
+        );
+        assert_eq!(
+            class(upstream(
+                Some(400),
+                "This model's maximum context length is 8192 tokens"
+            )),
+            Some(Class::ContextLength)
+        );
+        assert_eq!(
+            class(upstream(Some(400), "bad temperature")),
+            Some(Class::ClientError)
+        );
+        assert_eq!(
+            class(upstream(None, "Provider disconnected")),
+            Some(Class::ServerError)
+        );
+        assert_eq!(
+            class(upstream(None, "prompt is too long: 9 tokens > 8 maximum")),
+            Some(Class::ContextLength)
+        );
+        assert_eq!(class(upstream(Some(200), "odd")), Some(Class::ServerError));
+        assert_eq!(
+            class(upstream(None, "rate limit exceeded")),
+            Some(Class::RateLimited)
+        );
     }
 }

@@ -265,6 +265,15 @@ impl<'o> ObjectWriter<'o> {
         self.out.extend_from_slice(value);
     }
 
+    /// Starts a member whose key is written as given (quotes included) and returns the
+    /// buffer to write its value into.
+    pub fn raw_key(&mut self, key_raw: &[u8]) -> &mut Vec<u8> {
+        self.sep();
+        self.out.extend_from_slice(key_raw);
+        self.out.push(b':');
+        self.out
+    }
+
     /// Starts a member named `key` and returns the buffer to write its value into.
     pub fn key(&mut self, key: &str) -> &mut Vec<u8> {
         self.sep();

@@ -3,11 +3,19 @@
 //!
 //! The `Parse` layer builds a [`ParsedRequest`] (one parse of the body into member ranges;
 //! messages are never decoded); the `Upstream` adapters send
-//! [`ParsedRequest::upstream_body`] and turn what comes back into the caller's shape with
-//! [`rewrite_response`] or an [`OpenAiEventStream`], which classifies every event
+//! [`ParsedRequest::upstream_body_with`] (adapted per attempt by [`BodyEdits`]: compat
+//! edits, a forced stream, a continuation prefill) and turn what comes back into the caller's
+//! shape with [`rewrite_response`] or an [`OpenAiEventStream`], which classifies every event
 //! ([`switchyard_core::EventKind`]) and meters its usage so the outer layers (commit point,
 //! budget, metrics) never parse a body again. [`SseDecoder`] is the shared, bounded SSE
 //! codec.
+//!
+//! For resilience the fallback executor reads verdicts from here: [`classify_response`] and
+//! [`classify_error_event`] turn an upstream failure into a [`switchyard_core::Class`] (and a
+//! Retry-After), [`WireError`] carries its own; an [`Aggregator`] folds a forced stream back
+//! into the whole body the caller asked for and tracks the partial answer for a
+//! continuation; [`error_event`] is the explicit in-band error of a stream that failed after
+//! its commit point.
 //!
 //! Members Switchyard does not interpret are copied byte for byte, never re-encoded.
 //!
@@ -16,6 +24,7 @@
 //! Anthropic's wire format and translation between the two arrive in a later change, beside
 //! [`openai`].
 
+mod classify;
 mod error;
 mod json;
 pub mod openai;
@@ -25,8 +34,12 @@ use std::sync::Arc;
 
 use switchyard_core::Pricing;
 
+pub use classify::{Verdict, classify_error_event, classify_response, retry_after};
 pub use error::{RequestError, WireError};
-pub use openai::{BodyEdits, OpenAiEventStream, ParsedRequest, rewrite_response};
+pub use openai::{
+    Aggregated, Aggregator, BodyEdits, OpenAiEventStream, ParsedRequest, error_event,
+    rewrite_response,
+};
 pub use sse::{SseDecoder, SseError, SseEvent};
 
 /// The LLM operation a request asks for, told by its path.

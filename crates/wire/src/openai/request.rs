@@ -84,8 +84,8 @@ impl Field {
     }
 }
 
-/// A top-level member, as ranges into the raw body.
-/// How the body is adapted for one endpoint: what the `compat` layer decides per attempt.
+/// How the body is adapted for one attempt: what the `compat` layer decides per endpoint,
+/// and what the fallback executor asks for (a forced stream, a continuation prefill).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BodyEdits {
     /// Top-level members not to send (parameters the endpoint does not support).
@@ -94,13 +94,29 @@ pub struct BodyEdits {
     pub rename: Vec<(Box<str>, &'static str)>,
     /// Upper bound for the token limit (`max_tokens` / `max_completion_tokens`).
     pub max_tokens: Option<u64>,
+    /// Ask the upstream for a stream (`"stream": true` with `stream_options.include_usage`)
+    /// even though the caller asked for a whole body, so that first-token and idle timeouts
+    /// guard every request; the answer is aggregated for the caller. Chat and text
+    /// completions only; embeddings never stream.
+    pub force_stream: bool,
+    /// Continue an answer that was cut: this text goes upstream as the assistant's own
+    /// words, `{"role":"assistant","content": <prefill>}` after the last message (merged into
+    /// the last message when that already is an assistant message with string content).
+    /// Chat completions only; an empty string is no prefill.
+    pub prefill: Option<String>,
 }
 
 impl BodyEdits {
     pub fn is_empty(&self) -> bool {
-        self.drop.is_empty() && self.rename.is_empty() && self.max_tokens.is_none()
+        self.drop.is_empty()
+            && self.rename.is_empty()
+            && self.max_tokens.is_none()
+            && !self.force_stream
+            && self.prefill.is_none()
     }
 }
+
+/// A top-level member, as ranges into the raw body.
 
 #[derive(Clone, Debug)]
 struct Member {
@@ -418,15 +434,24 @@ impl ParsedRequest {
         self.upstream_body_with(upstream_model, &BodyEdits::default())
     }
 
-    /// [`Self::upstream_body`] adapted to one endpoint: members dropped or renamed and the
-    /// token limit capped as `edits` says (see the `compat` layer).
+    /// [`Self::upstream_body`] adapted to one attempt: members dropped or renamed and the
+    /// token limit capped as `edits` says (see the `compat` layer), the stream forced on and
+    /// a continuation prefill appended to `messages` (see [`BodyEdits`]). `messages` is
+    /// spliced as raw text: the caller's messages are never re-encoded.
     pub fn upstream_body_with(&self, upstream_model: &str, edits: &BodyEdits) -> Bytes {
-        let mut out = Vec::with_capacity(self.raw.len() + upstream_model.len() + 48);
+        let prefill = edits
+            .prefill
+            .as_deref()
+            .filter(|p| !p.is_empty() && self.op == Operation::ChatCompletions);
+        let extra = prefill.map_or(0, |p| p.len() + 48);
+        let mut out = Vec::with_capacity(self.raw.len() + upstream_model.len() + 64 + extra);
         let mut w = ObjectWriter::open(&mut out);
-        let force_usage = self.stream && self.op.streams_usage();
+        let force_stream = edits.force_stream && self.op.streams_usage();
+        let force_usage = (self.stream || force_stream) && self.op.streams_usage();
         if !self.members.iter().any(|m| m.field == Field::Model) {
             w.str("model", upstream_model);
         }
+        let mut wrote_stream = false;
         let mut wrote_stream_options = false;
         for m in &self.members {
             match m.field {
@@ -435,6 +460,16 @@ impl ParsedRequest {
                 Field::StreamOptions if force_usage => {
                     self.write_stream_options(w.key("stream_options"));
                     wrote_stream_options = true;
+                }
+                Field::Stream if force_stream => {
+                    w.raw_key(&self.raw[m.key.clone()])
+                        .extend_from_slice(b"true");
+                    wrote_stream = true;
+                }
+                Field::Messages if prefill.is_some() => {
+                    let out = w.raw_key(&self.raw[m.key.clone()]);
+                    let messages = std::str::from_utf8(&self.raw[m.value.clone()]).unwrap_or("[]");
+                    splice_prefill(messages, prefill.unwrap_or_default(), out);
                 }
                 _ if edits.is_empty() => {
                     w.raw(&self.raw[m.key.clone()], &self.raw[m.value.clone()]);
@@ -472,6 +507,9 @@ impl ParsedRequest {
                 }
             }
         }
+        if force_stream && !wrote_stream {
+            w.key("stream").extend_from_slice(b"true");
+        }
         if force_usage && !wrote_stream_options {
             self.write_stream_options(w.key("stream_options"));
         }
@@ -501,6 +539,67 @@ impl ParsedRequest {
         w.key("include_usage").extend_from_slice(b"true");
         w.close();
     }
+}
+
+/// Writes the `messages` array `raw` with `prefill` as the assistant's last words: merged
+/// into a trailing assistant message with string content (a caller's own prefill, which the
+/// continuation extends), else appended as a new assistant message. Only that last message is
+/// re-encoded; everything before it is copied as written.
+fn splice_prefill(raw: &str, prefill: &str, out: &mut Vec<u8>) {
+    let mut last: Option<&RawValue> = None;
+    let is_array = json::for_each_element(raw, |e| last = Some(e)).unwrap_or(false);
+    if !is_array {
+        // Validated as an array at parse time; never reached, but never send a broken body.
+        out.extend_from_slice(raw.as_bytes());
+        return;
+    }
+    if let Some(last) = last
+        && let Some(merged) = merge_into_assistant(last, prefill)
+    {
+        let at = json::range_in(raw, last.get());
+        out.extend_from_slice(&raw.as_bytes()[..at.start]);
+        out.extend_from_slice(&merged);
+        out.extend_from_slice(&raw.as_bytes()[at.end..]);
+        return;
+    }
+    // The array's text ends with `]`: a raw value carries no surrounding whitespace.
+    let head = raw.strip_suffix(']').unwrap_or(raw).trim_end();
+    out.extend_from_slice(head.as_bytes());
+    if last.is_some() {
+        out.push(b',');
+    }
+    let mut w = ObjectWriter::open(out);
+    w.str("role", "assistant");
+    w.str("content", prefill);
+    w.close();
+    out.push(b']');
+}
+
+/// The assistant message `message` with `prefill` appended to its string content; `None`
+/// when it is not an assistant message with string content.
+fn merge_into_assistant(message: &RawValue, prefill: &str) -> Option<Vec<u8>> {
+    let members = json::object_members(message.get()).ok().flatten()?;
+    let role = members.iter().find(|m| m.key == "role")?;
+    if !json::is_string(role.value) || json::decode_str(role.value.get()).ok()? != "assistant" {
+        return None;
+    }
+    let content = members.iter().find(|m| m.key == "content")?;
+    if !json::is_string(content.value) {
+        return None;
+    }
+    let mut text = json::decode_str(content.value.get()).ok()?.into_owned();
+    text.push_str(prefill);
+    let mut out = Vec::with_capacity(message.get().len() + prefill.len() + 8);
+    let mut w = ObjectWriter::open(&mut out);
+    for m in &members {
+        if m.key == "content" {
+            w.str("content", &text);
+        } else {
+            w.raw(m.key_raw.as_bytes(), m.value.get().as_bytes());
+        }
+    }
+    w.close();
+    Some(out)
 }
 
 fn main_field(op: Operation) -> Field {
@@ -1002,6 +1101,8 @@ mod tests {
             drop: vec!["logit_bias".into(), "seed".into()],
             rename: vec![("max_tokens".into(), "max_completion_tokens")],
             max_tokens: Some(4096),
+            force_stream: false,
+            prefill: None,
         };
         let out = req.upstream_body_with("up", &edits);
         let text = std::str::from_utf8(&out).unwrap();
@@ -1022,5 +1123,193 @@ mod tests {
         let v: Value = serde_json::from_slice(&req.upstream_body_with("up", &loose)).unwrap();
         assert_eq!(v["max_tokens"], 5000);
         assert_eq!(v["logit_bias"], json!({"1": 2}));
+    }
+
+    fn edited(req: &ParsedRequest, edits: &BodyEdits) -> (String, Value) {
+        let b = req.upstream_body_with("up", edits);
+        let s = String::from_utf8(b.to_vec()).unwrap();
+        let v: Value = serde_json::from_str(&s).unwrap_or_else(|e| panic!("{e}: {s}"));
+        (s, v)
+    }
+
+    fn forced() -> BodyEdits {
+        BodyEdits {
+            force_stream: true,
+            ..BodyEdits::default()
+        }
+    }
+
+    fn prefill(text: &str) -> BodyEdits {
+        BodyEdits {
+            prefill: Some(text.to_owned()),
+            ..BodyEdits::default()
+        }
+    }
+
+    #[test]
+    fn new_edits_are_not_empty() {
+        assert!(BodyEdits::default().is_empty());
+        assert!(!forced().is_empty());
+        assert!(!prefill("x").is_empty());
+    }
+
+    #[test]
+    fn force_stream_replaces_stream_false_in_place() {
+        let req = chat(r#"{"model":"m","stream":false,"messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#).unwrap();
+        let (s, v) = edited(&req, &forced());
+        assert_eq!(
+            s,
+            r#"{"model":"up","stream":true,"messages":[{"role":"user","content":"hi"}],"temperature":0.5,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(v["stream"], true);
+        // The caller's own view is unchanged: it still wants a whole body.
+        assert!(!req.stream() && !req.client_wants_usage());
+    }
+
+    #[test]
+    fn force_stream_appends_stream_when_absent_or_null() {
+        let req = chat(r#"{"model":"m","messages":[]}"#).unwrap();
+        let (s, _) = edited(&req, &forced());
+        assert_eq!(
+            s,
+            r#"{"model":"up","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        let req = chat(r#"{"model":"m","messages":[],"stream":null}"#).unwrap();
+        let (s, _) = edited(&req, &forced());
+        assert_eq!(s.matches("\"stream\"").count(), 1, "{s}");
+        assert!(s.contains(r#""stream":true"#), "{s}");
+    }
+
+    #[test]
+    fn force_stream_keeps_other_stream_options_and_other_edits() {
+        let req = chat(r#"{"model":"m","messages":[],"stream_options":{"include_usage":false,"continuous_usage_stats":true},"seed":1,"max_tokens":900}"#).unwrap();
+        let edits = BodyEdits {
+            drop: vec!["seed".into()],
+            max_tokens: Some(100),
+            force_stream: true,
+            ..BodyEdits::default()
+        };
+        let (s, v) = edited(&req, &edits);
+        assert_eq!(
+            v["stream_options"],
+            json!({"continuous_usage_stats": true, "include_usage": true})
+        );
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["max_tokens"], 100);
+        assert!(v.get("seed").is_none(), "{s}");
+        // Already streaming: forcing changes nothing.
+        let req = chat(r#"{"model":"m","messages":[],"stream":true}"#).unwrap();
+        assert_eq!(
+            req.upstream_body_with("up", &forced()),
+            req.upstream_body("up")
+        );
+    }
+
+    #[test]
+    fn force_stream_never_applies_to_embeddings() {
+        let body = r#"{"model":"m","input":"x"}"#;
+        let r = ParsedRequest::parse(Operation::Embeddings, Bytes::from_static(body.as_bytes()))
+            .unwrap();
+        let (s, _) = edited(&r, &forced());
+        assert_eq!(s, r#"{"model":"up","input":"x"}"#);
+        let r = ParsedRequest::parse(
+            Operation::Completions,
+            Bytes::from_static(br#"{"model":"m","prompt":"p"}"#),
+        )
+        .unwrap();
+        let (_, v) = edited(&r, &forced());
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn prefill_is_appended_as_the_last_message_without_touching_the_others() {
+        let req = chat(r#"{"model":"m","messages":[ {"role":"system","content":"caf\u00e9"} , {"role":"user","content":"hi \"x\""} ],"n":1}"#).unwrap();
+        let (s, v) = edited(&req, &prefill("Sure, \"the\" ans"));
+        assert_eq!(
+            s,
+            r#"{"model":"up","messages":[ {"role":"system","content":"caf\u00e9"} , {"role":"user","content":"hi \"x\""},{"role":"assistant","content":"Sure, \"the\" ans"}],"n":1}"#
+        );
+        let messages = v["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(
+            messages[2],
+            json!({"role": "assistant", "content": "Sure, \"the\" ans"})
+        );
+    }
+
+    #[test]
+    fn prefill_into_an_empty_array_and_with_newlines() {
+        let req = chat("{\"model\":\"m\",\"messages\":[\n]}").unwrap();
+        let (s, v) = edited(&req, &prefill("a\nb"));
+        assert_eq!(
+            s,
+            r#"{"model":"up","messages":[{"role":"assistant","content":"a\nb"}]}"#
+        );
+        assert_eq!(v["messages"][0]["content"], "a\nb");
+        let req =
+            chat("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"}\n  ]}")
+                .unwrap();
+        let (_, v) = edited(&req, &prefill("p"));
+        assert_eq!(v["messages"][1]["role"], "assistant");
+    }
+
+    #[test]
+    fn prefill_extends_a_trailing_assistant_message() {
+        let req = chat(r#"{"model":"m","messages":[{"role":"user","content":"q"},{"role":"assistant","name":"bot","content":"Once upon"}]}"#).unwrap();
+        let (s, v) = edited(&req, &prefill(" a time"));
+        assert_eq!(
+            s,
+            r#"{"model":"up","messages":[{"role":"user","content":"q"},{"role":"assistant","name":"bot","content":"Once upon a time"}]}"#
+        );
+        assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+        // Non-string content is not merged into: a new message follows it.
+        let req = chat(r#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"text","text":"x"}]}]}"#).unwrap();
+        let (_, v) = edited(&req, &prefill("y"));
+        assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            v["messages"][1],
+            json!({"role": "assistant", "content": "y"})
+        );
+        // A trailing user message is never merged into.
+        let req = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        let (_, v) = edited(&req, &prefill("y"));
+        assert_eq!(v["messages"][0]["content"], "x");
+        assert_eq!(v["messages"][1]["content"], "y");
+    }
+
+    #[test]
+    fn empty_prefill_and_other_operations_are_ignored() {
+        let req = chat(r#"{"model":"m","messages":[{"role":"user","content":"q"}]}"#).unwrap();
+        let (s, _) = edited(&req, &prefill(""));
+        assert_eq!(
+            s,
+            r#"{"model":"up","messages":[{"role":"user","content":"q"}]}"#
+        );
+        let r = ParsedRequest::parse(
+            Operation::Completions,
+            Bytes::from_static(br#"{"model":"m","prompt":"p"}"#),
+        )
+        .unwrap();
+        let (s, _) = edited(&r, &prefill("x"));
+        assert_eq!(s, r#"{"model":"up","prompt":"p"}"#);
+    }
+
+    #[test]
+    fn prefill_and_force_stream_together() {
+        let req = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":"q"}],"provider":{"only":["a"]}}"#,
+        )
+        .unwrap();
+        let edits = BodyEdits {
+            force_stream: true,
+            prefill: Some("Hel".into()),
+            ..BodyEdits::default()
+        };
+        let (s, _) = edited(&req, &edits);
+        assert_eq!(
+            s,
+            r#"{"model":"up","messages":[{"role":"user","content":"q"},{"role":"assistant","content":"Hel"}],"stream":true,"stream_options":{"include_usage":true}}"#
+        );
     }
 }

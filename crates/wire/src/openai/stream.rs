@@ -8,10 +8,10 @@ use bytes::Bytes;
 use http_body::Body;
 use pin_project_lite::pin_project;
 use serde_json::value::RawValue;
-use switchyard_core::{BoxError, Event, EventKind, EventSource};
+use switchyard_core::{BoxError, Event, EventKind, EventSource, Failure};
 
 use crate::error::WireError;
-use crate::json;
+use crate::json::{self, ObjectWriter};
 use crate::openai::response::{Shape, malformed, rewrite_object};
 use crate::sse::{SseDecoder, SseError, SseEvent};
 use crate::{Operation, Rewrite};
@@ -33,8 +33,9 @@ pin_project! {
     ///
     /// The upstream body is polled only when an event is asked for, so a slow client slows
     /// the upstream read. Ends after `[DONE]`, at upstream EOF (with or without `[DONE]`),
-    /// or after yielding an error: the upstream body's own, or a [`WireError`] boxed as a
-    /// plain `BoxError` for a chunk that is not JSON or a line over the cap.
+    /// or after yielding an error: the upstream body's own (passed on as it is), or a
+    /// [`WireError`] as a [`Failure`] for a chunk that is not JSON or a line over the cap,
+    /// so the fallback executor finds its verdict with `Failure::find`.
     pub struct OpenAiEventStream<B> {
         #[pin]
         body: B,
@@ -103,7 +104,7 @@ where
                     Ok(None) => continue,
                     Err(e) => {
                         *this.state = State::Done;
-                        return Poll::Ready(Some(Err(Box::new(e))));
+                        return Poll::Ready(Some(Err(Failure::boxed(e))));
                     }
                 },
                 Ok(None) if *this.state == State::Flushing => {
@@ -113,7 +114,9 @@ where
                 Ok(None) => {}
                 Err(SseError::LineTooLong { limit }) => {
                     *this.state = State::Done;
-                    return Poll::Ready(Some(Err(Box::new(WireError::LineTooLong { limit }))));
+                    return Poll::Ready(Some(Err(Failure::boxed(WireError::LineTooLong {
+                        limit,
+                    }))));
                 }
             }
             match ready!(this.body.as_mut().poll_frame(cx)) {
@@ -231,6 +234,22 @@ fn delta_has_output(delta: &RawValue) -> bool {
     output
 }
 
+/// An OpenAI in-band error event, `data: {"error":{"message","type","code"}}` and a blank
+/// line: the shape OpenRouter sends when a stream fails after it started, and what Switchyard
+/// writes when a committed stream fails for good. No `[DONE]` follows it, so a client can tell
+/// the answer is incomplete.
+pub fn error_event(message: &str, error_type: &str, code: &str) -> Bytes {
+    let mut json = Vec::with_capacity(message.len() + error_type.len() + code.len() + 48);
+    let mut outer = ObjectWriter::open(&mut json);
+    let mut err = ObjectWriter::open(outer.key("error"));
+    err.str("message", message);
+    err.str("type", error_type);
+    err.str("code", code);
+    err.close();
+    outer.close();
+    frame(None, &json)
+}
+
 /// Frames `json` as one SSE event. JSON carries line breaks only as whitespace between
 /// tokens, so splitting it into several `data:` lines is lossless for the reader, and it
 /// keeps the framing valid when an upstream pretty-printed its chunks.
@@ -271,7 +290,14 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Waker;
-    use switchyard_core::{Pricing, ProxyBody, Usage};
+    use switchyard_core::{Class, Pricing, ProxyBody, Usage};
+
+    /// The [`WireError`] inside a stream's error.
+    fn wire_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> &'a WireError {
+        let failure = Failure::find(err).expect("a Failure");
+        let inner: &dyn std::error::Error = failure.get();
+        inner.downcast_ref::<WireError>().expect("a WireError")
+    }
 
     /// A body that hands out scripted frames and counts how many were taken.
     struct TestBody {
@@ -550,8 +576,11 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].as_ref().unwrap().kind, EventKind::Preamble);
         let err = items[1].as_ref().unwrap_err();
-        let wire = err.downcast_ref::<WireError>().unwrap();
+        let wire = wire_error(&**err);
         assert!(matches!(wire, WireError::Malformed { .. }), "{wire:?}");
+        let failure = Failure::find(&**err).unwrap().get();
+        assert_eq!(failure.class(), Some(Class::Malformed));
+        assert_eq!(failure.code(), "malformed_response");
         for bad in ["data: [1,2]\n\n", "data: nope\n\n", "data: \"s\"\n\n"] {
             let mut s = stream_over(
                 Operation::ChatCompletions,
@@ -560,13 +589,8 @@ mod tests {
             );
             let items = collect(&mut s);
             assert_eq!(items.len(), 1, "{bad}");
-            assert!(
-                items[0]
-                    .as_ref()
-                    .unwrap_err()
-                    .downcast_ref::<WireError>()
-                    .is_some()
-            );
+            let wire = wire_error(&**items[0].as_ref().unwrap_err());
+            assert!(matches!(wire, WireError::Malformed { .. }), "{bad}");
         }
     }
 
@@ -593,10 +617,10 @@ mod tests {
         let items = collect(&mut s);
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].as_ref().unwrap().kind, EventKind::Output);
-        assert_eq!(
-            items[1].as_ref().unwrap_err().to_string(),
-            "connection reset"
-        );
+        let err = items[1].as_ref().unwrap_err();
+        assert_eq!(err.to_string(), "connection reset");
+        // The body's own error is passed on as it is, not wrapped.
+        assert!(Failure::find(&**err).is_none());
     }
 
     #[test]
@@ -612,10 +636,10 @@ mod tests {
         let items = collect(&mut s);
         assert_eq!(items.len(), 1);
         let err = items[0].as_ref().unwrap_err();
-        assert_eq!(
-            err.downcast_ref::<WireError>(),
-            Some(&WireError::LineTooLong { limit: 64 })
-        );
+        assert_eq!(wire_error(&**err), &WireError::LineTooLong { limit: 64 });
+        let failure = Failure::find(&**err).unwrap().get();
+        assert_eq!(failure.class(), Some(Class::Malformed));
+        assert_eq!(failure.code(), "sse_line_too_long");
     }
 
     fn kind_of(op: Operation, chunk: &str) -> EventKind {
@@ -776,5 +800,31 @@ mod tests {
             &frame(Some("e"), b"{\r\n\"a\":1\r}")[..],
             b"event: e\ndata: {\ndata: \"a\":1\ndata: }\n\n"
         );
+    }
+
+    #[test]
+    fn error_event_is_an_openai_in_band_error() {
+        let ev = error_event(
+            "upstream \"cut\"\nmid-answer",
+            "upstream_error",
+            "stream_cut",
+        );
+        let text = std::str::from_utf8(&ev).unwrap();
+        assert!(
+            text.starts_with("data: {\"error\":{") && text.ends_with("}}\n\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches('\n').count(), 2, "one data line: {text:?}");
+        let v: Value = serde_json::from_str(text.trim_start_matches("data: ").trim_end()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"message": "upstream \"cut\"\nmid-answer",
+                "type": "upstream_error", "code": "stream_cut"}})
+        );
+        // Our own stream adapter reads it back as an error event.
+        let mut s = stream_over(Operation::ChatCompletions, vec![ev.to_vec()], rw(false));
+        let evs = events(collect(&mut s));
+        assert_eq!(evs[0].kind, EventKind::Error);
+        assert_eq!(evs[0].bytes, ev);
     }
 }

@@ -1,0 +1,223 @@
+//! A stream after its commit point: passed through event by event, watched to the end, and
+//! never passed off as complete when it is not.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures_util::future::poll_fn;
+use futures_util::stream::{self, Stream, StreamExt};
+use http::{Request, Response};
+use switchyard_core::{BoxError, Class, Event, EventKind, EventSource, ProxyBody};
+use switchyard_policy::Endpoint;
+use switchyard_wire::{Aggregator, ParsedRequest};
+use tower::Service;
+
+use crate::exec::{AttemptMeta, Exec, Source, Verdict, class_of, done_event};
+
+pub(crate) struct Committed<S> {
+    exec: Exec<S>,
+    held: VecDeque<Event>,
+    source: Source,
+    agg: Aggregator,
+    meta: AttemptMeta,
+    /// The first failure after the commit point: what the client is told if nothing saves
+    /// the answer.
+    original: Option<String>,
+    /// Endpoints already asked to continue this answer.
+    continued_on: Vec<Arc<str>>,
+    /// A continuation's events are flowing: its preamble is not shown again.
+    continuing: bool,
+    done: bool,
+}
+
+impl<S> Committed<S>
+where
+    S: Service<Request<Arc<ParsedRequest>>, Response = Response<ProxyBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    pub(crate) fn new(
+        exec: Exec<S>,
+        held: VecDeque<Event>,
+        source: Source,
+        agg: Aggregator,
+        meta: AttemptMeta,
+    ) -> Self {
+        Self {
+            exec,
+            held,
+            source,
+            agg,
+            meta,
+            original: None,
+            continued_on: Vec::new(),
+            continuing: false,
+            done: false,
+        }
+    }
+
+    pub(crate) fn into_body(self) -> ProxyBody {
+        let events = stream::unfold(self, |mut st| async move {
+            let item = st.next_event().await?;
+            Some((item, st))
+        });
+        ProxyBody::events(StreamSource(Box::pin(events)))
+    }
+
+    async fn next_event(&mut self) -> Option<Result<Event, BoxError>> {
+        loop {
+            if let Some(ev) = self.held.pop_front() {
+                if self.continuing && ev.kind == EventKind::Preamble {
+                    continue;
+                }
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            match poll_fn(|cx| self.source.as_mut().poll_event(cx)).await {
+                Some(Ok(ev)) => match ev.kind {
+                    EventKind::Done => {
+                        self.succeed();
+                        return Some(Ok(ev));
+                    }
+                    EventKind::Error => {
+                        let detail =
+                            String::from_utf8_lossy(crate::exec::sse_data(&ev.bytes)).into_owned();
+                        self.fail(Class::CutAfterCommit, detail).await;
+                    }
+                    EventKind::Preamble if self.continuing => {}
+                    _ => {
+                        // The aggregate only serves a continuation; the client gets the event
+                        // as the upstream sent it either way.
+                        let _ = self.agg.push(&ev);
+                        return Some(Ok(ev));
+                    }
+                },
+                Some(Err(e)) => {
+                    let class = match class_of(&e) {
+                        Class::IdleTimeout => Class::IdleTimeout,
+                        _ => Class::CutAfterCommit,
+                    };
+                    self.fail(class, e.to_string()).await;
+                }
+                None => {
+                    // The upstream closed without [DONE]: complete if it said why it
+                    // stopped, a cut if it did not.
+                    if self.agg.finish_reason().is_some() {
+                        self.succeed();
+                        return Some(Ok(done_event()));
+                    }
+                    self.fail(
+                        Class::CutAfterCommit,
+                        "the upstream closed the stream before the answer was complete".into(),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    fn succeed(&mut self) {
+        self.done = true;
+        let usage = self.agg.usage();
+        let meta = self.meta.clone();
+        self.exec
+            .report(&meta, Class::Success, Some(200), None, String::new(), usage);
+    }
+
+    /// After the commit point: report the failure, try to continue the answer elsewhere,
+    /// else end with an explicit error naming the first failure.
+    async fn fail(&mut self, class: Class, detail: String) {
+        let meta = self.meta.clone();
+        self.exec.report(
+            &meta,
+            class,
+            Some(200),
+            None,
+            detail.clone(),
+            self.agg.usage(),
+        );
+        let original = self.original.get_or_insert(detail).clone();
+        if self.can_continue() {
+            while let Some(endpoint) = self.next_prefill_endpoint() {
+                if !self.exec.fits_deadline(std::time::Duration::ZERO) {
+                    break;
+                }
+                self.continued_on.push(endpoint.id.clone());
+                let prefill = self.agg.partial_text().to_string();
+                match self.exec.attempt(&endpoint, Some(prefill)).await {
+                    Verdict::Committed {
+                        held,
+                        source,
+                        agg,
+                        meta,
+                        ..
+                    } => {
+                        // Only the output of the continuation reaches the client; its own
+                        // aggregate is folded into ours for any further continuation.
+                        for ev in &held {
+                            if ev.kind != EventKind::Preamble {
+                                let _ = self.agg.push(ev);
+                            }
+                        }
+                        drop(agg);
+                        self.held = held;
+                        self.source = source;
+                        self.meta = meta;
+                        self.continuing = true;
+                        return;
+                    }
+                    Verdict::Fatal(_) => break,
+                    Verdict::Complete(_) | Verdict::Failed { .. } | Verdict::Skipped { .. } => {}
+                }
+            }
+        }
+        tracing::warn!(endpoint = %self.meta.endpoint.id, error = %original, "stream failed after its commit point");
+        self.held.push_back(Event {
+            bytes: switchyard_wire::error_event(
+                &format!("the answer was interrupted: {original}"),
+                "upstream_error",
+                "stream_interrupted",
+            ),
+            kind: EventKind::Error,
+            usage: None,
+        });
+        self.done = true;
+    }
+
+    /// Continuation is for plain text the client streams, never for a tool call in progress.
+    fn can_continue(&self) -> bool {
+        self.exec.retry.continuation
+            && self.exec.parsed.stream()
+            && !self.agg.has_tool_calls()
+            && !self.agg.partial_text().is_empty()
+    }
+
+    /// The same endpoint first, then the plan's other candidates, each only if it declares
+    /// `supports_prefill` and has not been asked yet.
+    fn next_prefill_endpoint(&mut self) -> Option<Arc<Endpoint>> {
+        let first = std::iter::once(self.meta.endpoint.clone())
+            .chain(self.exec.plan.candidates.iter().map(|c| c.endpoint.clone()));
+        first
+            .filter(|e| e.supports_prefill)
+            .find(|e| !self.continued_on.contains(&e.id))
+    }
+}
+
+/// Adapts a boxed stream of events to the body's event source.
+struct StreamSource<T>(std::pin::Pin<Box<T>>);
+
+impl<T> EventSource for StreamSource<T>
+where
+    T: Stream<Item = Result<Event, BoxError>> + Send + 'static,
+{
+    fn poll_event(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Event, BoxError>>> {
+        self.0.poll_next_unpin(cx)
+    }
+}
