@@ -45,6 +45,7 @@ fn ep(s: &Snapshot, id: &str) -> Arc<Endpoint> {
 fn report(ep: &Endpoint, class: Class, retry_after: Option<Duration>) -> AttemptReport {
     let now = Instant::now();
     AttemptReport {
+        request_id: None,
         endpoint: Arc::clone(&ep.id),
         provider: Arc::clone(&ep.provider.id),
         model: Arc::clone(&ep.model),

@@ -112,6 +112,8 @@ impl Class {
 /// One finished upstream attempt, as the fallback executor reports it to every observer.
 #[derive(Clone, Debug)]
 pub struct AttemptReport {
+    /// The request's id (`x-switchyard-request-id`), when it has one.
+    pub request_id: Option<Arc<str>>,
     /// Stable endpoint id (`provider/model`).
     pub endpoint: Arc<str>,
     pub provider: Arc<str>,

@@ -12,12 +12,14 @@ mod class;
 mod error;
 mod ext;
 mod future;
+mod spend;
 
 pub use body::{Event, EventKind, EventSource, ProxyBody};
 pub use class::{AttemptObserver, AttemptReport, BreakerEffect, Class};
 pub use error::{Failure, ProxyError};
 pub use ext::{Deadline, InboundApi, Pricing, Served, Usage};
 pub use future::ShortCircuit;
+pub use spend::{AttemptPrice, BoxFuture, Charge, Ledger, LedgerError, SpendGuard, Totals};
 
 /// The error type passed between tower layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -40,6 +40,7 @@ pub(crate) struct Exec<S> {
     buffer: bool,
     pub(crate) trail: Vec<AttemptSummary>,
     pub(crate) attempts: u32,
+    request_id: Option<Arc<str>>,
 }
 
 /// What one attempt came to, before the commit point. Lives for one attempt, on the stack
@@ -127,7 +128,13 @@ where
         let aggregate = streamable && !parsed.stream();
         let buffer = streamable && parsed.stream() && retry.buffer;
         budget.deposit(now);
+        let request_id = parts
+            .headers
+            .get("x-switchyard-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(Arc::from);
         Ok(Self {
+            request_id,
             inner,
             observers,
             budget,
@@ -577,6 +584,7 @@ where
     ) {
         let ended_at = Instant::now();
         let report = AttemptReport {
+            request_id: self.request_id.clone(),
             endpoint: meta.endpoint.id.clone(),
             provider: meta.endpoint.provider.id.clone(),
             model: meta.endpoint.model.clone(),

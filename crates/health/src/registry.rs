@@ -271,6 +271,7 @@ mod observer_tests {
     fn report(class: Class, ttft_ms: u64, total_ms: u64, tokens: u64) -> AttemptReport {
         let sent_at = Instant::now();
         AttemptReport {
+            request_id: None,
             endpoint: Arc::from("p/m"),
             provider: Arc::from("p"),
             model: Arc::from("m"),

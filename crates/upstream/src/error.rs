@@ -1,5 +1,5 @@
 use http::StatusCode;
-use switchyard_core::ProxyError;
+use switchyard_core::{Class, ProxyError};
 use switchyard_policy::Api;
 
 /// The upstream could not be reached, or the connection failed before a response arrived.
@@ -21,6 +21,15 @@ impl ProxyError for Unreachable {
     fn code(&self) -> &'static str {
         "upstream_unreachable"
     }
+    /// A failure while connecting (TCP, TLS, DNS) means the request was never written and
+    /// may be sent again; anything later may have reached the provider.
+    fn class(&self) -> Option<Class> {
+        Some(if self.source.is_connect() {
+            Class::ConnectFailed
+        } else {
+            Class::ResetAfterWrite
+        })
+    }
 }
 
 /// The upstream answered something that is not a valid response of its API.
@@ -41,6 +50,9 @@ impl ProxyError for InvalidResponse {
     fn code(&self) -> &'static str {
         "upstream_invalid_response"
     }
+    fn class(&self) -> Option<Class> {
+        Some(Class::Malformed)
+    }
 }
 
 /// The provider's key cannot be sent as a header (control characters in the env var or file).
@@ -59,6 +71,9 @@ impl ProxyError for InvalidKey {
     }
     fn code(&self) -> &'static str {
         "invalid_provider_key"
+    }
+    fn class(&self) -> Option<Class> {
+        Some(Class::Credential)
     }
 }
 
@@ -79,6 +94,10 @@ impl ProxyError for UnsupportedApi {
     }
     fn code(&self) -> &'static str {
         "unsupported_provider_api"
+    }
+    /// Nothing was sent; the next endpoint may well speak an API this build has.
+    fn class(&self) -> Option<Class> {
+        Some(Class::ConnectFailed)
     }
 }
 
