@@ -234,8 +234,16 @@ fn demo_tour_runs_without_any_key_or_network() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Step 2: two failures on flaky (one same-endpoint retry), then steady serves.
     assert!(
-        stdout.contains("served by provider=steady model=demo-chat"),
+        stdout.contains(
+            "served by provider=steady model=demo-chat (upstream model steady-chat-v1), attempts=3"
+        ),
+        "{stdout}"
+    );
+    // Step 3: the slow endpoint misses the first-token timeout; pricey serves.
+    assert!(
+        stdout.contains("served by provider=pricey after 1."),
         "{stdout}"
     );
     assert!(stdout.contains("404"), "{stdout}");

@@ -286,7 +286,8 @@ async fn an_endpoint_in_an_outage_gets_no_first_attempts() {
             &chat(json!({"provider": {"order": ["c"], "allow_fallbacks": false}})),
         )
         .await;
-        assert_eq!(r.status, 503);
+        // The endpoint failed (and its same-endpoint retry too): nothing else was allowed.
+        assert_eq!(r.status, 502);
     }
     f.clear();
     for _ in 0..20 {
@@ -381,7 +382,7 @@ async fn a_sticky_session_stays_then_moves_when_its_endpoint_fails() {
             &chat(json!({"model": "eq", "provider": {"order": [first.as_str()], "allow_fallbacks": false}})),
         )
         .await;
-        assert_eq!(r.status, 500);
+        assert_eq!(r.status, 502);
     }
     // The admin view agrees: the session's endpoint is in an outage.
     let providers = send("GET", &proxy.admin_url("/admin/providers"), &[], Vec::new())

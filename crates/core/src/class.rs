@@ -15,6 +15,9 @@ pub enum Class {
     /// Connect, TLS or DNS failure, or a reset before the request was written: nothing was
     /// sent, so the same endpoint may be tried once more.
     ConnectFailed,
+    /// The upstream's TLS certificate is not trusted (or the handshake failed): nothing was
+    /// sent, and trying the same endpoint again cannot help.
+    TlsFailed,
     /// Reset or EOF after the request was written: possibly billed; never resent there.
     ResetAfterWrite,
     /// No output within the first-token timeout.
@@ -64,6 +67,7 @@ impl Class {
         match self {
             Self::Success => "success",
             Self::ConnectFailed => "connect_failed",
+            Self::TlsFailed => "tls_failed",
             Self::ResetAfterWrite => "reset_after_write",
             Self::FirstTokenTimeout => "first_token_timeout",
             Self::IdleTimeout => "idle_timeout",
@@ -86,6 +90,7 @@ impl Class {
         match self {
             Self::Success => BreakerEffect::Success,
             Self::ConnectFailed
+            | Self::TlsFailed
             | Self::ResetAfterWrite
             | Self::FirstTokenTimeout
             | Self::IdleTimeout
@@ -105,7 +110,7 @@ impl Class {
     /// Whether the upstream may have billed the attempt (it received the request and may
     /// have generated tokens): such an attempt is never settled at zero.
     pub fn maybe_billed(self) -> bool {
-        !matches!(self, Self::ConnectFailed)
+        !matches!(self, Self::ConnectFailed | Self::TlsFailed)
     }
 }
 

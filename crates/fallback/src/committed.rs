@@ -12,7 +12,7 @@ use switchyard_policy::Endpoint;
 use switchyard_wire::{Aggregator, ParsedRequest};
 use tower::Service;
 
-use crate::exec::{AttemptMeta, Exec, Source, Verdict, class_of, done_event};
+use crate::exec::{AttemptMeta, Charge, Exec, Source, Verdict, class_of, done_event};
 
 pub(crate) struct Committed<S> {
     exec: Exec<S>,
@@ -80,7 +80,7 @@ where
             match poll_fn(|cx| self.source.as_mut().poll_event(cx)).await {
                 Some(Ok(ev)) => match ev.kind {
                     EventKind::Done => {
-                        self.succeed();
+                        self.succeed().await;
                         return Some(Ok(ev));
                     }
                     EventKind::Error => {
@@ -107,7 +107,7 @@ where
                     // The upstream closed without [DONE]: complete if it said why it
                     // stopped, a cut if it did not.
                     if self.agg.finish_reason().is_some() {
-                        self.succeed();
+                        self.succeed().await;
                         return Some(Ok(done_event()));
                     }
                     self.fail(
@@ -120,26 +120,52 @@ where
         }
     }
 
-    fn succeed(&mut self) {
+    async fn succeed(&mut self) {
         self.done = true;
-        let usage = self.agg.usage();
+        let (usage, charge) = self.charge();
         let meta = self.meta.clone();
         self.exec
-            .report(&meta, Class::Success, Some(200), None, String::new(), usage);
+            .report(
+                &meta,
+                Class::Success,
+                Some(200),
+                None,
+                String::new(),
+                usage,
+                charge,
+            )
+            .await;
+    }
+
+    /// What the attempt in flight is charged: its reported usage, else an estimate from the
+    /// output the client has received (never zero once output reached it).
+    fn charge(&self) -> (Option<switchyard_core::Usage>, Charge) {
+        match self.agg.usage() {
+            Some(u) => (Some(u), Charge::Reported(u.cost)),
+            None => {
+                let u = self
+                    .exec
+                    .estimated_usage(&self.meta, self.output_tokens_estimate());
+                (Some(u), Charge::Estimated(u.cost))
+            }
+        }
+    }
+
+    /// Tokens of output seen: at least one per output event, at least a token per four
+    /// characters of text.
+    fn output_tokens_estimate(&self) -> u64 {
+        let by_chars = (self.agg.partial_text().len() as u64).div_ceil(4);
+        self.agg.output_events().max(by_chars)
     }
 
     /// After the commit point: report the failure, try to continue the answer elsewhere,
     /// else end with an explicit error naming the first failure.
     async fn fail(&mut self, class: Class, detail: String) {
         let meta = self.meta.clone();
-        self.exec.report(
-            &meta,
-            class,
-            Some(200),
-            None,
-            detail.clone(),
-            self.agg.usage(),
-        );
+        let (usage, charge) = self.charge();
+        self.exec
+            .report(&meta, class, Some(200), None, detail.clone(), usage, charge)
+            .await;
         let original = self.original.get_or_insert(detail).clone();
         if self.can_continue() {
             while let Some(endpoint) = self.next_prefill_endpoint() {
@@ -204,6 +230,28 @@ where
         first
             .filter(|e| e.supports_prefill)
             .find(|e| !self.continued_on.contains(&e.id))
+    }
+}
+
+impl<S> Drop for Committed<S> {
+    /// The client went away mid-stream: the upstream is dropped with us (closing its
+    /// connection), and what the client received is settled as an estimate.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (usage, charge) = match self.agg.usage() {
+            Some(u) => (Some(u), Charge::Reported(u.cost)),
+            None => {
+                let by_chars = (self.agg.partial_text().len() as u64).div_ceil(4);
+                let u = self
+                    .exec
+                    .estimated_usage(&self.meta, self.agg.output_events().max(by_chars));
+                (Some(u), Charge::Estimated(u.cost))
+            }
+        };
+        let meta = self.meta.clone();
+        self.exec.abandon(&meta, usage, charge);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The attempt loop, up to the commit point.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,8 @@ use futures_util::future::poll_fn;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, request::Parts};
 use switchyard_core::{
-    AttemptObserver, AttemptReport, BoxError, Class, Deadline, Event, EventKind, EventSource,
-    Failure, ProxyBody, Served,
+    AttemptObserver, AttemptPrice, AttemptReport, BoxError, Class, Deadline, Event, EventKind,
+    EventSource, Failure, ProxyBody, Served, SpendGuard,
 };
 use switchyard_policy::{Endpoint, Plan, Retry, Snapshot};
 use switchyard_wire::{Aggregator, BodyEdits, Operation, ParsedRequest};
@@ -41,6 +42,13 @@ pub(crate) struct Exec<S> {
     pub(crate) trail: Vec<AttemptSummary>,
     pub(crate) attempts: u32,
     request_id: Option<Arc<str>>,
+    /// The request's budgets, when any apply.
+    guard: Option<Arc<dyn SpendGuard>>,
+    /// Reservations made so far (each attempt's is numbered anew, even for one that was then
+    /// skipped, so no reservation id is ever reused).
+    reservations: u32,
+    /// The first budget refusal: what the caller gets if no candidate fits any budget.
+    budget_refusal: Option<BoxError>,
 }
 
 /// What one attempt came to, before the commit point. Lives for one attempt, on the stack
@@ -75,6 +83,37 @@ pub(crate) enum Verdict {
     },
 }
 
+/// An attempt's verdict, read out for reporting.
+struct Outcome {
+    class: Class,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    detail: String,
+    usage: Option<switchyard_core::Usage>,
+    charge: Charge,
+}
+
+/// What an attempt is charged to the caller's budgets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Charge {
+    /// The upstream's reported usage, priced.
+    Reported(f64),
+    /// No usage was reported: an estimate (prompt estimate plus output seen).
+    Estimated(f64),
+    /// Nothing reached the caller.
+    Nothing,
+}
+
+impl Charge {
+    fn amount(self) -> (f64, bool) {
+        match self {
+            Self::Reported(c) => (c, false),
+            Self::Estimated(c) => (c, true),
+            Self::Nothing => (0.0, false),
+        }
+    }
+}
+
 /// Who an attempt went to and when.
 #[derive(Clone, Debug)]
 pub(crate) struct AttemptMeta {
@@ -82,6 +121,8 @@ pub(crate) struct AttemptMeta {
     pub(crate) attempt: u32,
     pub(crate) sent_at: Instant,
     pub(crate) ttft: Option<Duration>,
+    /// The budget reservation this attempt holds, to be settled when it ends.
+    pub(crate) reservation: Option<u32>,
 }
 
 impl<S> Exec<S>
@@ -133,7 +174,11 @@ where
             .get("x-switchyard-request-id")
             .and_then(|v| v.to_str().ok())
             .map(Arc::from);
+        let guard = parts.extensions.get::<Arc<dyn SpendGuard>>().cloned();
         Ok(Self {
+            guard,
+            reservations: 0,
+            budget_refusal: None,
             request_id,
             inner,
             observers,
@@ -277,6 +322,10 @@ where
         }
 
         if self.trail.iter().all(|a| a.attempt == 0) {
+            // Nothing was sent. If budgets refused it, that is the caller's answer (402).
+            if let Some(e) = self.budget_refusal {
+                return Err(e);
+            }
             return Err(Failure::boxed(NoHealthyEndpoint {
                 skipped: self.trail,
                 retry_in: soonest_retry,
@@ -300,11 +349,42 @@ where
             extensions.insert(Deadline(d));
         }
         let continuing = prefill.is_some();
-        if self.aggregate || continuing {
+        // The worst case is reserved before the first upstream byte, at this endpoint's prices.
+        let mut reservation = None;
+        let mut max_tokens = None;
+        if let Some(guard) = self.guard.clone() {
+            self.reservations += 1;
+            let price = AttemptPrice {
+                model: endpoint.model.clone(),
+                endpoint: endpoint.id.clone(),
+                pricing: endpoint.pricing,
+                max_output_tokens: endpoint.max_output_tokens,
+            };
+            match guard.reserve(self.reservations, &price).await {
+                Ok(cap) => {
+                    reservation = Some(self.reservations);
+                    max_tokens = cap;
+                }
+                Err(e) => {
+                    let skipped = Failure::find(&*e).is_some_and(|f| f.get().skipped());
+                    if !skipped {
+                        return Verdict::Fatal(e);
+                    }
+                    let why = e.to_string();
+                    self.budget_refusal.get_or_insert(e);
+                    return Verdict::Skipped {
+                        retry_in: None,
+                        why,
+                    };
+                }
+            }
+        }
+        if self.aggregate || continuing || max_tokens.is_some() {
             // Compat, inside, merges its per-endpoint edits into these.
             extensions.insert(BodyEdits {
                 force_stream: self.aggregate,
                 prefill,
+                max_tokens,
                 ..BodyEdits::default()
             });
         }
@@ -321,6 +401,7 @@ where
             attempt: attempt_no,
             sent_at,
             ttft: None,
+            reservation,
         };
         let result = match self.inner.clone().ready_oneshot().await {
             Ok(svc) => svc.oneshot(req).await,
@@ -332,6 +413,8 @@ where
                 if let Some(f) = Failure::find(&*e)
                     && f.get().skipped()
                 {
+                    // Not sent: the reservation is released.
+                    self.release(&meta).await;
                     return Verdict::Skipped {
                         retry_in: f.get().retry_after(),
                         why: f.get().to_string(),
@@ -339,6 +422,7 @@ where
                 }
                 // The request's own deadline, not the endpoint's fault: nothing to report.
                 if is_deadline(&e) {
+                    self.release(&meta).await;
                     return Verdict::Fatal(e);
                 }
                 self.attempts = attempt_no;
@@ -350,16 +434,24 @@ where
                     detail: e.to_string(),
                     response: None,
                 };
-                self.finish(&meta, &v, None);
+                self.finish(&meta, &v).await;
                 return v;
             }
         };
         self.attempts = attempt_no;
         let verdict = self.evaluate(resp, &mut meta, continuing).await;
-        if !matches!(verdict, Verdict::Committed { .. }) {
-            self.finish(&meta, &verdict, None);
+        match &verdict {
+            Verdict::Committed { .. } => {}
+            Verdict::Fatal(_) => self.release(&meta).await,
+            _ => self.finish(&meta, &verdict).await,
         }
         verdict
+    }
+
+    async fn release(&mut self, meta: &AttemptMeta) {
+        if let (Some(guard), Some(r)) = (&self.guard, meta.reservation) {
+            guard.settle(r, 0.0, false).await;
+        }
     }
 
     /// Reads the response up to its commit point (or to its end, when aggregating or
@@ -512,6 +604,9 @@ where
                 response: None,
             };
         }
+        if served.usage.is_none() && agg.usage().is_none() {
+            served.usage = Some(self.estimated_usage(meta, agg.output_events()));
+        }
         if self.aggregate {
             return match agg.finish() {
                 Ok(done) => {
@@ -542,13 +637,37 @@ where
         Verdict::Complete(resp)
     }
 
-    /// Tells every observer how the attempt went and adds it to the trail.
-    pub(crate) fn finish(
-        &mut self,
-        meta: &AttemptMeta,
+    /// Tells every observer how the attempt went, adds it to the trail, and settles its
+    /// reservation: a complete answer is charged its reported usage (estimated if the
+    /// upstream reported none); a failed attempt, which gave the caller nothing, is not.
+    pub(crate) fn finish<'a>(
+        &'a mut self,
+        meta: &'a AttemptMeta,
         verdict: &Verdict,
-        usage: Option<switchyard_core::Usage>,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'a
+    where
+        S: Send,
+    {
+        // Everything is read out of the verdict first: it may hold a stream, which must not be
+        // borrowed across the settlement's await.
+        let outcome = self.outcome(meta, verdict);
+        async move {
+            if let Some(o) = outcome {
+                self.report(
+                    meta,
+                    o.class,
+                    o.status,
+                    o.retry_after,
+                    o.detail,
+                    o.usage,
+                    o.charge,
+                )
+                .await;
+            }
+        }
+    }
+
+    fn outcome(&self, meta: &AttemptMeta, verdict: &Verdict) -> Option<Outcome> {
         let (class, status, retry_after, detail) = match verdict {
             Verdict::Failed {
                 class,
@@ -563,17 +682,123 @@ where
                 None,
                 String::new(),
             ),
-            Verdict::Committed { .. } => (Class::Success, Some(200), None, String::new()),
-            Verdict::Skipped { .. } | Verdict::Fatal(_) => return,
+            Verdict::Committed { .. } | Verdict::Skipped { .. } | Verdict::Fatal(_) => return None,
         };
-        let usage = usage.or_else(|| match verdict {
-            Verdict::Complete(resp) => resp.extensions().get::<Served>().and_then(|s| s.usage),
-            _ => None,
-        });
-        self.report(meta, class, status, retry_after, detail, usage);
+        let (usage, charge) = match verdict {
+            Verdict::Complete(resp) => {
+                let usage = resp.extensions().get::<Served>().and_then(|s| s.usage);
+                let charge = match usage {
+                    Some(u) if u.estimated => Charge::Estimated(u.cost),
+                    Some(u) => Charge::Reported(u.cost),
+                    None => Charge::Estimated(self.estimate(meta, 0)),
+                };
+                (usage, charge)
+            }
+            _ => (None, Charge::Nothing),
+        };
+        Some(Outcome {
+            class,
+            status,
+            retry_after,
+            detail,
+            usage,
+            charge,
+        })
     }
 
-    pub(crate) fn report(
+    /// The report and the settlement of one attempt.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn report(
+        &mut self,
+        meta: &AttemptMeta,
+        class: Class,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        detail: String,
+        usage: Option<switchyard_core::Usage>,
+        charge: Charge,
+    ) {
+        if let (Some(guard), Some(r)) = (&self.guard, meta.reservation) {
+            let (cost, estimated) = charge.amount();
+            guard.settle(r, cost, estimated).await;
+        }
+        self.record(meta, class, status, retry_after, detail, usage);
+    }
+
+    fn pass_through(
+        self,
+        response: Option<Response<ProxyBody>>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        match response {
+            Some(r) => Ok(r),
+            None => Err(Failure::boxed(ProvidersExhausted {
+                trail: self.trail,
+                budget_exhausted: false,
+            })),
+        }
+    }
+
+    fn context_length(&self, model: &str) -> u64 {
+        self.parts
+            .extensions
+            .get::<Arc<Snapshot>>()
+            .and_then(|s| s.model(model))
+            .and_then(|m| m.context_length)
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn fits_deadline(&self, wait: Duration) -> bool {
+        self.deadline.is_none_or(|d| Instant::now() + wait < d)
+    }
+
+    /// Full jitter: a random wait in `[0, min(max, base * 2^n)]`, never past the deadline.
+    async fn backoff(&mut self, n: u32) {
+        let cap = self
+            .retry
+            .backoff_base
+            .saturating_mul(1u32 << n.min(16))
+            .min(self.retry.backoff_max);
+        let wait = cap.mul_f64(fastrand::f64());
+        if self.fits_deadline(wait) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The verdict an error stands for; an error that says nothing came from the connection
+/// after the request was sent.
+pub(crate) fn class_of(e: &BoxError) -> Class {
+    Failure::find(&**e)
+        .and_then(|f| f.get().class())
+        .unwrap_or(Class::ResetAfterWrite)
+}
+
+impl<S> Exec<S> {
+    /// What an attempt probably cost when the upstream reported no usage: the prompt
+    /// estimate plus the output seen so far, at the endpoint's prices (never zero once
+    /// output reached the caller).
+    pub(crate) fn estimate(&self, meta: &AttemptMeta, output_tokens: u64) -> f64 {
+        meta.endpoint
+            .pricing
+            .cost(self.parsed.estimated_prompt_tokens(), output_tokens)
+    }
+
+    /// Usage to report when the upstream reported none: marked estimated.
+    pub(crate) fn estimated_usage(
+        &self,
+        meta: &AttemptMeta,
+        output_tokens: u64,
+    ) -> switchyard_core::Usage {
+        let prompt_tokens = self.parsed.estimated_prompt_tokens();
+        switchyard_core::Usage {
+            prompt_tokens,
+            completion_tokens: output_tokens,
+            cost: meta.endpoint.pricing.cost(prompt_tokens, output_tokens),
+            estimated: true,
+        }
+    }
+
+    fn record(
         &mut self,
         meta: &AttemptMeta,
         class: Class,
@@ -623,52 +848,29 @@ where
         });
     }
 
-    fn pass_through(
-        self,
-        response: Option<Response<ProxyBody>>,
-    ) -> Result<Response<ProxyBody>, BoxError> {
-        match response {
-            Some(r) => Ok(r),
-            None => Err(Failure::boxed(ProvidersExhausted {
-                trail: self.trail,
-                budget_exhausted: false,
-            })),
+    /// Reports an attempt that the client abandoned; settles it without waiting.
+    pub(crate) fn abandon(
+        &mut self,
+        meta: &AttemptMeta,
+        usage: Option<switchyard_core::Usage>,
+        charge: Charge,
+    ) {
+        if let (Some(guard), Some(r)) = (&self.guard, meta.reservation) {
+            let (cost, estimated) = charge.amount();
+            let fut = guard.settle(r, cost, estimated);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(fut);
+            }
         }
+        self.record(
+            meta,
+            Class::Cancelled,
+            Some(200),
+            None,
+            "the client went away".into(),
+            usage,
+        );
     }
-
-    fn context_length(&self, model: &str) -> u64 {
-        self.parts
-            .extensions
-            .get::<Arc<Snapshot>>()
-            .and_then(|s| s.model(model))
-            .and_then(|m| m.context_length)
-            .unwrap_or(0)
-    }
-
-    pub(crate) fn fits_deadline(&self, wait: Duration) -> bool {
-        self.deadline.is_none_or(|d| Instant::now() + wait < d)
-    }
-
-    /// Full jitter: a random wait in `[0, min(max, base * 2^n)]`, never past the deadline.
-    async fn backoff(&mut self, n: u32) {
-        let cap = self
-            .retry
-            .backoff_base
-            .saturating_mul(1u32 << n.min(16))
-            .min(self.retry.backoff_max);
-        let wait = cap.mul_f64(fastrand::f64());
-        if self.fits_deadline(wait) {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// The verdict an error stands for; an error that says nothing came from the connection
-/// after the request was sent.
-pub(crate) fn class_of(e: &BoxError) -> Class {
-    Failure::find(&**e)
-        .and_then(|f| f.get().class())
-        .unwrap_or(Class::ResetAfterWrite)
 }
 
 /// The request's own deadline passed (the timeout layers' `deadline_exceeded`).

@@ -229,6 +229,67 @@ struct Harness {
     script: Arc<Script>,
     reports: Arc<Reports>,
     snapshot: Arc<Snapshot>,
+    guard: Option<Arc<Guard>>,
+}
+
+/// Records reservations and settlements; refuses endpoints named in `refuse`.
+#[derive(Default)]
+struct Guard {
+    refuse: Vec<String>,
+    log: Mutex<Vec<String>>,
+    settled: Mutex<Vec<(u32, f64, bool)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("budget exceeded for {0}")]
+struct OverBudget(String);
+impl ProxyError for OverBudget {
+    fn status(&self) -> StatusCode {
+        StatusCode::PAYMENT_REQUIRED
+    }
+    fn error_type(&self) -> &'static str {
+        "budget_exceeded"
+    }
+    fn code(&self) -> &'static str {
+        "budget_exceeded"
+    }
+    fn skipped(&self) -> bool {
+        true
+    }
+}
+
+impl switchyard_core::SpendGuard for Guard {
+    fn reserve(
+        &self,
+        attempt: u32,
+        price: &switchyard_core::AttemptPrice,
+    ) -> switchyard_core::BoxFuture<'static, Result<Option<u64>, BoxError>> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("reserve {attempt} {}", price.endpoint));
+        let refused = self.refuse.iter().any(|r| **r == *price.endpoint);
+        let ep = price.endpoint.to_string();
+        Box::pin(async move {
+            if refused {
+                Err(Failure::boxed(OverBudget(ep)))
+            } else {
+                Ok(None)
+            }
+        })
+    }
+    fn settle(
+        &self,
+        attempt: u32,
+        cost: f64,
+        estimated: bool,
+    ) -> switchyard_core::BoxFuture<'static, ()> {
+        self.settled
+            .lock()
+            .unwrap()
+            .push((attempt, cost, estimated));
+        Box::pin(async {})
+    }
 }
 
 impl Harness {
@@ -240,6 +301,7 @@ impl Harness {
             script: Arc::default(),
             reports: Arc::default(),
             snapshot: snapshot(defaults),
+            guard: None,
         }
     }
 
@@ -307,6 +369,10 @@ impl Harness {
         req.extensions_mut().insert(self.snapshot.clone());
         req.extensions_mut()
             .insert(plan(&self.snapshot, candidates));
+        if let Some(g) = &self.guard {
+            let g: Arc<dyn switchyard_core::SpendGuard> = g.clone();
+            req.extensions_mut().insert(g);
+        }
         svc.oneshot(req).await
     }
 
@@ -714,4 +780,136 @@ async fn buffer_mode_holds_the_answer_until_it_is_complete() {
         "a failed attempt's output reached the client"
     );
     assert!(raw.ends_with("data: [DONE]\n\n"));
+}
+
+fn with_guard(refuse: &[&str]) -> (Harness, Arc<Guard>) {
+    let g = Arc::new(Guard {
+        refuse: refuse.iter().map(|s| s.to_string()).collect(),
+        ..Guard::default()
+    });
+    let mut h = Harness::new();
+    h.guard = Some(g.clone());
+    (h, g)
+}
+
+fn usage_chunk(prompt: u64, completion: u64, cost: f64) -> Result<Event, BoxError> {
+    Ok(Event {
+        bytes: Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"object": "chat.completion.chunk", "model": "m", "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "cost": cost}})
+        )),
+        kind: EventKind::Usage,
+        usage: Some(switchyard_core::Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cost,
+            estimated: false,
+        }),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_refusal_skips_to_a_cheaper_candidate_and_settles_the_actual_cost() {
+    let (h, g) = with_guard(&["a/m"]);
+    h.script.on(
+        "b/m",
+        Step::Stream(vec![
+            role(),
+            text("ok"),
+            stop(),
+            usage_chunk(10, 1, 0.25),
+            done(),
+        ]),
+    );
+    let raw = body_text(h.send(chat(true), &["a/m", "b/m"]).await.unwrap()).await;
+    assert_eq!(streamed_content(&raw), "ok");
+    assert_eq!(
+        h.script.calls(),
+        ["b/m"],
+        "the refused endpoint was sent the request"
+    );
+    assert_eq!(*g.log.lock().unwrap(), ["reserve 1 a/m", "reserve 2 b/m"]);
+    assert_eq!(*g.settled.lock().unwrap(), [(2, 0.25, false)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_no_candidate_fits_a_budget_the_caller_gets_402() {
+    let (h, _g) = with_guard(&["a/m", "b/m"]);
+    let err = h.send(chat(true), &["a/m", "b/m"]).await.unwrap_err();
+    let f = Failure::find(&*err).unwrap().get();
+    assert_eq!(f.status(), 402);
+    assert!(h.script.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_and_empty_attempts_are_not_charged_but_the_serving_one_is() {
+    let (h, g) = with_guard(&[]);
+    h.script
+        .on("a/m", Step::Stream(vec![role(), stop(), done()]));
+    h.script.on(
+        "b/m",
+        Step::Json(503, json!({"error": {"message": "x"}}), None),
+    );
+    h.script.on(
+        "b/m",
+        Step::Json(503, json!({"error": {"message": "x"}}), None),
+    );
+    h.script.on(
+        "c/big",
+        Step::Stream(vec![
+            role(),
+            text("fine"),
+            stop(),
+            usage_chunk(5, 1, 0.5),
+            done(),
+        ]),
+    );
+    body_text(h.send(chat(true), &["a/m", "b/m", "c/big"]).await.unwrap()).await;
+    let settled = g.settled.lock().unwrap().clone();
+    assert_eq!(settled.len(), 4);
+    assert_eq!(
+        &settled[..3],
+        &[(1, 0.0, false), (2, 0.0, false), (3, 0.0, false)]
+    );
+    assert_eq!(settled[3], (4, 0.5, false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_before_its_usage_settles_an_estimate_above_zero() {
+    let (h, g) = with_guard(&[]);
+    h.script.on(
+        "c/big",
+        Step::Stream(vec![role(), text("Hello there, "), cut()]),
+    );
+    let raw = body_text(h.send(chat(true), &["c/big"]).await.unwrap()).await;
+    assert!(!raw.contains("[DONE]"));
+    let settled = g.settled.lock().unwrap().clone();
+    assert_eq!(settled.len(), 1);
+    let (_, cost, estimated) = settled[0];
+    assert!(estimated && cost > 0.0, "{settled:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_mid_stream_is_charged_what_it_received() {
+    use http_body_util::BodyExt;
+    let (h, g) = with_guard(&[]);
+    h.script.on(
+        "a/m",
+        Step::Stream(vec![
+            role(),
+            text("partial answer"),
+            text(" more"),
+            stop(),
+            done(),
+        ]),
+    );
+    let resp = h.send(chat(true), &["a/m"]).await.unwrap();
+    let mut body = resp.into_body();
+    let _first = body.frame().await.unwrap().unwrap();
+    drop(body);
+    tokio::task::yield_now().await;
+    let settled = g.settled.lock().unwrap().clone();
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    assert!(settled[0].1 > 0.0 && settled[0].2);
+    assert_eq!(h.classes().last().unwrap().1, Class::Cancelled);
 }

@@ -417,6 +417,7 @@ impl Compiler<'_> {
                 timeouts,
                 retry,
                 max_tokens: rr.max_tokens,
+                fit_to_budget: rr.fit_to_budget,
             }));
         }
 
@@ -899,10 +900,37 @@ impl Compiler<'_> {
                     }
                 },
             };
-            if b.daily_usd.is_none() && b.monthly_usd.is_none() {
-                self.error(bp.clone(), "budget sets neither daily_usd nor monthly_usd");
+            if b.daily_usd.is_none()
+                && b.monthly_usd.is_none()
+                && b.max_cost_usd.is_none()
+                && b.max_tokens.is_none()
+            {
+                self.error(
+                    bp.clone(),
+                    "budget sets none of daily_usd, monthly_usd, max_cost_usd, max_tokens",
+                );
             }
-            for (name, v) in [("daily_usd", b.daily_usd), ("monthly_usd", b.monthly_usd)] {
+            if b.max_tokens == Some(0) {
+                self.error(format!("{bp}.max_tokens"), "must be greater than 0");
+            }
+            let timezone = match b.timezone.as_deref() {
+                None => jiff::tz::TimeZone::UTC,
+                Some(name) => match jiff::tz::TimeZone::get(name) {
+                    Ok(tz) => tz,
+                    Err(_) => {
+                        self.error(
+                            format!("{bp}.timezone"),
+                            format!("unknown time zone \"{name}\" (use an IANA name such as \"Europe/Berlin\")"),
+                        );
+                        jiff::tz::TimeZone::UTC
+                    }
+                },
+            };
+            for (name, v) in [
+                ("daily_usd", b.daily_usd),
+                ("monthly_usd", b.monthly_usd),
+                ("max_cost_usd", b.max_cost_usd),
+            ] {
                 if let Some(v) = v
                     && bad_price(v)
                 {
@@ -914,6 +942,9 @@ impl Compiler<'_> {
                 scope,
                 daily_usd: b.daily_usd,
                 monthly_usd: b.monthly_usd,
+                timezone,
+                max_cost_usd: b.max_cost_usd,
+                max_tokens: b.max_tokens,
             });
         }
         out

@@ -173,6 +173,9 @@ pub(crate) struct Route {
     #[serde(default)]
     pub retry: Retry,
     pub max_tokens: Option<u64>,
+    /// Cap `max_tokens` so a request fits the remaining budget instead of refusing it.
+    #[serde(default)]
+    pub fit_to_budget: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +199,12 @@ pub(crate) struct Budget {
     pub scope: Scope,
     pub daily_usd: Option<f64>,
     pub monthly_usd: Option<f64>,
+    /// IANA time zone of the calendar windows (default UTC).
+    pub timezone: Option<String>,
+    /// USD: the most one request may cost.
+    pub max_cost_usd: Option<f64>,
+    /// Tokens: a ceiling applied to each request's `max_tokens`.
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -138,6 +138,9 @@ pub struct Route {
     pub retry: RetryOverrides,
     /// Cap on the completion length, tokens.
     pub max_tokens: Option<u64>,
+    /// When a request's worst case does not fit a budget, cap its `max_tokens` so it fits
+    /// (if any output fits at all) instead of refusing it with 402.
+    pub fit_to_budget: bool,
 }
 
 /// What a budget counts.
@@ -158,10 +161,17 @@ pub struct Budget {
     /// Stable id; ledger counters are keyed by it.
     pub id: Arc<str>,
     pub scope: BudgetScope,
-    /// USD per UTC day.
+    /// USD per calendar day in `timezone`.
     pub daily_usd: Option<f64>,
-    /// USD per UTC calendar month.
+    /// USD per calendar month in `timezone`.
     pub monthly_usd: Option<f64>,
+    /// The time zone whose midnight starts a day (and whose 1st starts a month); UTC unless
+    /// the budget names one.
+    pub timezone: jiff::tz::TimeZone,
+    /// USD: the most one request may cost under this budget.
+    pub max_cost_usd: Option<f64>,
+    /// Tokens: a ceiling applied to each request's `max_tokens`.
+    pub max_tokens: Option<u64>,
 }
 
 /// A compiled policy: immutable, with every lookup the request path needs precomputed.

@@ -1044,7 +1044,7 @@ fn budget_errors() {
             ("budgets[2].id", "duplicate budget id \"a\""),
             (
                 "budgets[3]",
-                "budget sets neither daily_usd nor monthly_usd"
+                "budget sets none of daily_usd, monthly_usd, max_cost_usd, max_tokens"
             ),
             ("budgets[4].daily_usd", "must be a finite number >= 0"),
             ("budgets[6].id", "must not be empty"),
@@ -1321,7 +1321,7 @@ fn several_errors_reported_together() {
             "warning: providers.unused: provider \"unused\" is not used by any endpoint",
             "error: defaults.retry.max_attempts: must be at least 1",
             "error: routes.r.match_models[0]: unknown model \"zzz\"",
-            "error: budgets[0]: budget sets neither daily_usd nor monthly_usd",
+            "error: budgets[0]: budget sets none of daily_usd, monthly_usd, max_cost_usd, max_tokens",
         ]
     );
 }

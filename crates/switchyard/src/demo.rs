@@ -52,19 +52,24 @@ async fn start_sims() -> std::io::Result<Sims> {
         chunk_delay: Duration::from_millis(30),
         ..Behavior::ok()
     };
+    // Flaky: every third call fails, and the tour's first two calls do, so that the tour
+    // shows a same-endpoint retry and then a fallback.
     let flaky = Behavior {
         status: Some(503),
-        fail_every: Some(2),
+        fail_every: Some(3),
         ..Behavior::ok()
     };
+    let down = Behavior::ok().status(503);
     let slow = Behavior {
-        first_token_delay: Duration::from_millis(1500),
+        first_token_delay: Duration::from_millis(3000),
         chunk_delay: Duration::from_millis(100),
         ..Behavior::ok()
     };
+    let mut flaky_cfg = cfg("flaky", flaky);
+    flaky_cfg.sequence = vec![down.clone(), down];
     Ok(Sims {
         steady: Sim::start(cfg("steady", steady)).await?,
-        flaky: Sim::start(cfg("flaky", flaky)).await?,
+        flaky: Sim::start(flaky_cfg).await?,
         slow: Sim::start(cfg("slow", slow)).await?,
         pricey: Sim::start(cfg("pricey", Behavior::ok())).await?,
     })
@@ -91,6 +96,10 @@ fn demo_policy(s: &Sims, key_file: &str) -> Value {
         })
     };
     json!({
+        "defaults": {
+            "timeouts": { "first_token": "1s", "idle": "5s", "total": "60s" },
+            "retry": { "backoff_base": "50ms", "backoff_max": "400ms" }
+        },
         "providers": {
             "steady": provider(&s.steady),
             "flaky": provider(&s.flaky),
@@ -154,7 +163,7 @@ async fn run_inner(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error
     println!("  admin   http://{}", running.admin_addr);
     println!("  policy  {}", policy_file.display());
     println!(
-        "  simulated providers: steady {}, flaky {} (every 2nd call 503), slow {} (1.5 s to first token), pricey {}",
+        "  simulated providers: steady {}, flaky {} (every 3rd call 503), slow {} (3 s to first token), pricey {}",
         sims.steady.addr(),
         sims.flaky.addr(),
         sims.slow.addr(),
@@ -200,6 +209,7 @@ type DemoClient = Client<HttpConnector, Full<Bytes>>;
 /// A few requests that show what the proxy does; returns false if any did not behave.
 async fn tour(base: &str) -> bool {
     let client: DemoClient = Client::builder(TokioExecutor::new()).build_http();
+    let chat_url = format!("{base}/v1/chat/completions");
     let mut ok = true;
 
     println!("1. GET /v1/models — the policy's models and aliases");
@@ -218,30 +228,20 @@ async fn tour(base: &str) -> bool {
     }
 
     println!(
-        "2. POST /v1/chat/completions model=chat — the alias resolves, the provider key is injected, cost is reported"
+        "2. model=chat with provider.order [flaky, steady] — flaky answers 503: one retry on it, then fallback"
     );
-    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "Say hello to the demo."}]});
-    match call(
-        &client,
-        Method::POST,
-        &format!("{base}/v1/chat/completions"),
-        Some(body),
-    )
-    .await
-    {
+    let body = json!({"model": "chat", "provider": {"order": ["flaky", "steady"]},
+        "messages": [{"role": "user", "content": "Say hello to the demo."}]});
+    match call(&client, Method::POST, &chat_url, Some(body)).await {
         Ok((200, headers, body)) => {
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             println!(
                 "   served by provider={} model={} (upstream model {}), attempts={}, cost=${}",
-                headers
-                    .get("x-switchyard-provider")
-                    .map_or("?", String::as_str),
+                header(&headers, "x-switchyard-provider"),
                 v["model"].as_str().unwrap_or("?"),
                 v["metadata"]["upstream_model"].as_str().unwrap_or("?"),
-                headers
-                    .get("x-switchyard-attempts")
-                    .map_or("?", String::as_str),
-                headers.get("x-switchyard-cost").map_or("?", String::as_str),
+                header(&headers, "x-switchyard-attempts"),
+                header(&headers, "x-switchyard-cost"),
             );
             println!(
                 "   usage {} -> \"{}\"",
@@ -253,19 +253,49 @@ async fn tour(base: &str) -> bool {
     }
 
     println!(
-        "3. The same, streamed (stream=true, include_usage) — events pass through as they arrive"
+        "3. model=reasoner — slow's first token takes 3 s, over the 1 s first-token timeout: fallback to pricey"
+    );
+    let started = Instant::now();
+    let body = json!({"model": "reasoner", "provider": {"order": ["slow", "pricey"]},
+        "messages": [{"role": "user", "content": "Think hard."}]});
+    match call(&client, Method::POST, &chat_url, Some(body)).await {
+        Ok((200, headers, _)) => println!(
+            "   served by provider={} after {:.1} s, attempts={}",
+            header(&headers, "x-switchyard-provider"),
+            started.elapsed().as_secs_f64(),
+            header(&headers, "x-switchyard-attempts"),
+        ),
+        other => ok &= report_unexpected(&other),
+    }
+
+    println!(
+        "4. 20 requests for demo-chat with no preference — price-weighted balancing (1/price²)"
+    );
+    let mut served: Vec<(String, u32)> = Vec::new();
+    for _ in 0..20 {
+        let body = json!({"model": "demo-chat", "messages": [{"role": "user", "content": "hi"}]});
+        match call(&client, Method::POST, &chat_url, Some(body)).await {
+            Ok((200, headers, _)) => {
+                let p = header(&headers, "x-switchyard-provider").to_string();
+                match served.iter_mut().find(|(name, _)| *name == p) {
+                    Some((_, n)) => *n += 1,
+                    None => served.push((p, 1)),
+                }
+            }
+            other => ok &= report_unexpected(&other),
+        }
+    }
+    served.sort_by_key(|s| std::cmp::Reverse(s.1));
+    let summary: Vec<String> = served.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    println!("   served: {}", summary.join(", "));
+
+    println!(
+        "5. A streamed answer (stream=true, include_usage) — events pass through as they arrive"
     );
     let body = json!({"model": "demo-chat", "stream": true, "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": "Stream something."}]});
+        "provider": {"order": ["steady"]}, "messages": [{"role": "user", "content": "Stream something."}]});
     let started = Instant::now();
-    match call(
-        &client,
-        Method::POST,
-        &format!("{base}/v1/chat/completions"),
-        Some(body),
-    )
-    .await
-    {
+    match call(&client, Method::POST, &chat_url, Some(body)).await {
         Ok((200, _, body)) => {
             let text = String::from_utf8_lossy(&body);
             let events = text.matches("data: ").count();
@@ -284,28 +314,25 @@ async fn tour(base: &str) -> bool {
     }
 
     println!(
-        "4. An unknown model — refused by the proxy in OpenAI's error shape, nothing sent upstream"
+        "6. An unknown model — refused by the proxy in OpenAI's error shape, nothing sent upstream"
     );
     let body = json!({"model": "gpt-nonexistent", "messages": [{"role": "user", "content": "hi"}]});
-    match call(
-        &client,
-        Method::POST,
-        &format!("{base}/v1/chat/completions"),
-        Some(body),
-    )
-    .await
-    {
+    match call(&client, Method::POST, &chat_url, Some(body)).await {
         Ok((404, headers, body)) => {
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             println!(
                 "   404 {} (x-should-retry: {})",
                 v["error"]["message"].as_str().unwrap_or("?"),
-                headers.get("x-should-retry").map_or("?", String::as_str)
+                header(&headers, "x-should-retry")
             );
         }
         other => ok &= report_unexpected(&other),
     }
     ok
+}
+
+fn header<'a>(headers: &'a std::collections::HashMap<String, String>, name: &str) -> &'a str {
+    headers.get(name).map_or("?", String::as_str)
 }
 
 type Answer = (u16, std::collections::HashMap<String, String>, Bytes);

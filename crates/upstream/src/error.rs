@@ -24,10 +24,12 @@ impl ProxyError for Unreachable {
     /// A failure while connecting (TCP, TLS, DNS) means the request was never written and
     /// may be sent again; anything later may have reached the provider.
     fn class(&self) -> Option<Class> {
-        Some(if self.source.is_connect() {
-            Class::ConnectFailed
-        } else {
+        Some(if !self.source.is_connect() {
             Class::ResetAfterWrite
+        } else if tls_failure(&self.source) {
+            Class::TlsFailed
+        } else {
+            Class::ConnectFailed
         })
     }
 }
@@ -153,4 +155,24 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         cur = e.source();
     }
     out
+}
+
+/// Whether a connect error was the TLS handshake (an untrusted certificate, a protocol
+/// mismatch) rather than the network. The rustls error sits inside nested `io::Error`s, whose
+/// `source()` skips the error they wrap, so those are unwrapped with `get_ref`.
+fn tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
 }
