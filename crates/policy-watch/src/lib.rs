@@ -8,11 +8,16 @@
 //! request, carried in the request's extensions as `Arc<Snapshot>` until the response (and
 //! its stream) ends, so a reload mid-request cannot change the rules under it.
 //!
+//! [`spawn_watcher`] notices that the policy file changed (a watch on its directory, so
+//! rename-replace and Kubernetes ConfigMap `..data` swaps are seen, plus a polling fallback)
+//! and calls back; the callback reloads. It does not read the policy itself.
+//!
 //! Long-lived state (breakers, health, budgets) does not live here: it lives in registries
 //! keyed by stable ids, which survive a swap.
 
 mod layer;
 mod store;
+mod watch;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,6 +28,7 @@ use tower::Service;
 
 pub use layer::PinPolicyLayer;
 pub use store::{PolicyStatus, PolicyStore, ReloadError};
+pub use watch::{WatchError, WatchHandle, WatchOptions, spawn_watcher};
 
 /// Inserts the current `Arc<Snapshot>` into every request's extensions.
 #[derive(Clone, Debug)]

@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -34,6 +35,10 @@ pub struct PolicyStore {
     snapshot: ArcSwap<Snapshot>,
     status: ArcSwap<PolicyStatus>,
     path: Option<PathBuf>,
+    /// Calls of [`PolicyStore::reload`] that ended with a policy in force (changed or not).
+    reloads_ok: AtomicU64,
+    /// Calls of [`PolicyStore::reload`] that were refused.
+    reloads_failed: AtomicU64,
 }
 
 impl PolicyStore {
@@ -64,6 +69,8 @@ impl PolicyStore {
             snapshot: ArcSwap::from_pointee(compiled.snapshot),
             status: ArcSwap::from_pointee(status),
             path,
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
         })
     }
 
@@ -123,23 +130,45 @@ impl PolicyStore {
 
     /// Reads, validates and compiles the policy file again; swaps only if all of that works.
     /// Returns the generation in force afterwards.
+    ///
+    /// A missing, unreadable, truncated or invalid file is refused like any other error: the
+    /// last good policy stays in force. Every call is counted in [`PolicyStore::counters`].
     pub fn reload(&self) -> Result<u64, Vec<Diagnostic>> {
         let Some(path) = self.path.as_deref() else {
+            self.reloads_ok.fetch_add(1, Ordering::Release);
             return Ok(self.status.load().generation);
         };
         match switchyard_policy::load_file(path) {
-            Ok(compiled) => Ok(self.install(compiled)),
+            Ok(compiled) => {
+                let generation = self.install(compiled);
+                self.reloads_ok.fetch_add(1, Ordering::Release);
+                Ok(generation)
+            }
             Err(diags) => {
                 self.reject(&diags);
+                self.reloads_failed.fetch_add(1, Ordering::Release);
                 Err(diags)
             }
         }
+    }
+
+    /// `(reloads that succeeded, reloads that were refused)` since start, for metrics.
+    ///
+    /// Counts calls of [`PolicyStore::reload`] only: a reload of identical content counts as
+    /// a success without a new generation; direct [`PolicyStore::install`] calls are not
+    /// counted.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Acquire),
+            self.reloads_failed.load(Ordering::Acquire),
+        )
     }
 
     /// The body of `GET /admin/policy`.
     pub fn status_json(&self) -> Value {
         let st = self.status.load();
         let snap = self.snapshot.load();
+        let (reloads, failures) = self.counters();
         json!({
             "generation": st.generation,
             "sha256": st.sha256,
@@ -150,6 +179,8 @@ impl PolicyStore {
             "endpoints": snap.endpoints().len(),
             "routes": snap.routes().len(),
             "warnings": st.warnings,
+            "reloads_total": reloads,
+            "reload_failures_total": failures,
             "last_error": st.last_error.as_ref().map(|e| json!({
                 "at": humantime::format_rfc3339_millis(e.at).to_string(),
                 "messages": e.messages,

@@ -8,7 +8,7 @@ use tower::{Layer, ServiceExt, service_fn};
 
 use crate::{PinPolicyLayer, PolicyStore};
 
-fn policy(price: f64) -> String {
+pub(crate) fn policy(price: f64) -> String {
     format!(
         r#"{{"providers": {{"p": {{"api": "openai", "base_url": "https://api.example.com/v1"}}}},
             "models": {{"m": {{"endpoints": [{{"provider": "p", "pricing": {{"prompt": {price}, "completion": 1}}}}]}}}}}}"#
@@ -99,4 +99,55 @@ async fn pin_policy_puts_the_current_snapshot_in_extensions() {
     }));
     let pinned = svc.oneshot(Request::new(())).await.unwrap().unwrap();
     assert!(Arc::ptr_eq(&pinned, &store.load()));
+}
+
+#[test]
+fn reloads_are_counted_and_shown_in_the_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &policy(1.0));
+    let store = PolicyStore::from_file(switchyard_policy::load_file(&path).unwrap(), &path);
+    assert_eq!(store.counters(), (0, 0));
+    let status = store.status_json();
+    assert_eq!(status["reloads_total"], 0);
+    assert_eq!(status["reload_failures_total"], 0);
+
+    // Identical content: a successful reload, not a new generation.
+    assert_eq!(store.reload().unwrap(), 1);
+    std::fs::write(&path, "{").unwrap();
+    assert!(store.reload().is_err());
+    std::fs::remove_file(&path).unwrap();
+    assert!(store.reload().is_err());
+    assert_eq!(store.counters(), (1, 2));
+    let status = store.status_json();
+    assert_eq!(status["reloads_total"], 1);
+    assert_eq!(status["reload_failures_total"], 2);
+    let messages = status["last_error"]["messages"].as_array().unwrap();
+    assert!(
+        messages[0]
+            .as_str()
+            .unwrap()
+            .contains("cannot read policy file"),
+        "{messages:?}"
+    );
+
+    std::fs::write(&path, policy(2.0)).unwrap();
+    assert_eq!(store.reload().unwrap(), 2);
+    assert_eq!(store.counters(), (2, 2));
+    let status = store.status_json();
+    assert_eq!(status["generation"], 2);
+    assert_eq!(status["reloads_total"], 2);
+    assert!(status["last_error"].is_null());
+
+    // Direct installs are not reloads.
+    store.install(switchyard_policy::load_file(&path).unwrap());
+    assert_eq!(store.counters(), (2, 2));
+}
+
+#[test]
+fn a_store_without_a_file_counts_reloads_as_no_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &policy(1.0));
+    let store = PolicyStore::fixed(switchyard_policy::load_file(&path).unwrap(), "fixed");
+    assert_eq!(store.reload().unwrap(), 1);
+    assert_eq!(store.counters(), (1, 0));
 }

@@ -32,6 +32,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/admin/policy", Method::GET),
     ("/admin/providers", Method::GET),
     ("/admin/explain", Method::POST),
+    ("/admin/reload", Method::POST),
 ];
 
 /// Bodies of admin requests are small JSON documents; anything larger is a mistake.
@@ -72,6 +73,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
         }
         "/admin/providers" => json(&providers_json(shared)),
         "/admin/explain" => explain(shared, req).await,
+        "/admin/reload" => reload(shared),
         _ => json(&shared.store.status_json()),
     }
 }
@@ -109,6 +111,18 @@ fn providers_json(shared: &Shared) -> Value {
         })
         .collect();
     json!({ "endpoints": endpoints })
+}
+
+/// `POST /admin/reload`: re-read the policy file now. 200 with the status when the policy in
+/// force is the file's; 422 with the field-path errors when the file was refused (the last
+/// good policy stays in force).
+fn reload(shared: &Shared) -> Response<ProxyBody> {
+    let result = shared.reload();
+    let mut resp = json(&shared.store.status_json());
+    if result.is_err() {
+        *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    resp
 }
 
 /// `POST /admin/explain`: the body is an LLM request as an application would send it (the

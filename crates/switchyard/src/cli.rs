@@ -178,6 +178,8 @@ pub async fn serve_until_signal(store: Arc<PolicyStore>, cfg: server::ServerConf
             return ExitCode::from(2);
         }
     };
+    // Kept alive until the process exits: dropping it stops the watch.
+    let _watch = watch_policy(&running.shared);
     if let Err(e) = wait_for_shutdown_signal(&running.shared).await {
         eprintln!("switchyard: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
@@ -189,6 +191,25 @@ pub async fn serve_until_signal(store: Arc<PolicyStore>, cfg: server::ServerConf
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Watches the policy file (its directory, so ConfigMap `..data` swaps are seen) and
+/// reloads on change; a policy without a file has nothing to watch.
+pub(crate) fn watch_policy(
+    shared: &Arc<server::Shared>,
+) -> Option<switchyard_policy_watch::WatchHandle> {
+    let path = shared.store.path()?.to_path_buf();
+    let target = shared.clone();
+    switchyard_policy_watch::spawn_watcher(
+        path,
+        Arc::new(move || {
+            // Errors are recorded in the store (and shown by /admin/policy).
+            let _ = target.reload();
+        }),
+        switchyard_policy_watch::WatchOptions::default(),
+    )
+    .map_err(|e| tracing::warn!(error = %e, "policy watcher not started; SIGHUP still reloads"))
+    .ok()
 }
 
 #[cfg(unix)]

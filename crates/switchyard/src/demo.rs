@@ -190,6 +190,7 @@ async fn run_inner(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error
         "  OPENAI_BASE_URL={base}/v1 OPENAI_API_KEY=unused python -c 'import openai; print(openai.OpenAI().chat.completions.create(model=\"chat\", messages=[{{\"role\":\"user\",\"content\":\"hi\"}}]))'"
     );
     println!("Ctrl-C to stop.");
+    let _watch = crate::cli::watch_policy(&running.shared);
     if let Err(e) = crate::cli::wait_for_shutdown_signal(&running.shared).await {
         eprintln!("switchyard demo: signal handlers: {e}");
     }
