@@ -79,6 +79,17 @@ impl Proxy {
         }
         let policy_path = dir.path().join("policy.json");
         std::fs::write(&policy_path, serde_json::to_vec_pretty(policy).unwrap()).unwrap();
+        Self::spawn(policy_path, dir, env)
+    }
+
+    /// Starts the binary with a policy the caller has already laid out at `policy_path`, e.g.
+    /// a Kubernetes ConfigMap-style symlink that the test goes on swapping. The proxy's `dir` is
+    /// then a fresh scratch directory of its own, not the policy's.
+    pub fn start_at(policy_path: &Path, env: &[(&str, &str)]) -> Proxy {
+        Self::spawn(policy_path.to_path_buf(), tempfile::tempdir().unwrap(), env)
+    }
+
+    fn spawn(policy_path: PathBuf, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Proxy {
         let mut cmd = Command::new(binary());
         cmd.arg("run")
             .arg("--policy")
@@ -89,6 +100,9 @@ impl Proxy {
             .arg("127.0.0.1:0")
             .arg("--drain-timeout")
             .arg("20s")
+            // Each proxy keeps its spend in its own scratch directory.
+            .arg("--ledger")
+            .arg(dir.path().join("spend.ledger"))
             .env("SWITCHYARD_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -15,10 +15,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response};
 use switchyard_breaker::{BreakerLayer, BreakerRegistry};
+use switchyard_budget::{BudgetLayer, Budgets, SystemClock};
 use switchyard_compat::CompatLayer;
 use switchyard_core::{AttemptObserver, BoxError, ProxyBody};
 use switchyard_fallback::{FallbackLayer, RetryBudget};
 use switchyard_health::HealthRegistry;
+use switchyard_ledger::MemoryLedger;
 use switchyard_policy_watch::{PinPolicyLayer, PolicyStore};
 use switchyard_respond::RespondLayer;
 use switchyard_select::{SelectLayer, Selector};
@@ -43,16 +45,29 @@ pub struct Registries {
     pub selector: Arc<Selector>,
     pub breakers: Arc<BreakerRegistry>,
     pub retry_budget: Arc<RetryBudget>,
+    /// Budget spend, kept in the ledger (the embedded durable log, or Redis).
+    pub budgets: Arc<Budgets>,
 }
 
 impl Registries {
+    /// Registries with an in-memory ledger: for tests, benches and `explain`.
     pub fn new() -> Self {
+        Self::with_budgets(Arc::new(Budgets::new(
+            Arc::new(MemoryLedger::new()),
+            Arc::new(SystemClock),
+            false,
+        )))
+    }
+
+    /// Registries whose budgets live in the given ledger.
+    pub fn with_budgets(budgets: Arc<Budgets>) -> Self {
         let health = Arc::new(HealthRegistry::default());
         Self {
             selector: Arc::new(Selector::new(health.clone())),
             health,
             breakers: Arc::new(BreakerRegistry::default()),
             retry_budget: Arc::new(RetryBudget::new()),
+            budgets,
         }
     }
 
@@ -115,6 +130,9 @@ where
         .layer(DeadlineLayer::new())
         // Turns the requested models into an ordered plan of endpoints; once per request.
         .layer(SelectLayer::new(registries.selector.clone()))
+        // The request's spend guard: which budgets apply depends on the route Select chose,
+        // and every attempt below reserves its worst case before its first upstream byte.
+        .layer(BudgetLayer::new(registries.budgets.clone()))
         // Walks the plan: classifies each attempt once, retries or moves on, holds streams
         // until their commit point, continues cut streams. Everything below runs per attempt,
         // because it depends on the endpoint being tried.

@@ -31,6 +31,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/readyz", Method::GET),
     ("/admin/policy", Method::GET),
     ("/admin/providers", Method::GET),
+    ("/admin/budgets", Method::GET),
     ("/admin/explain", Method::POST),
     ("/admin/reload", Method::POST),
 ];
@@ -72,6 +73,10 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
             }
         }
         "/admin/providers" => json(&providers_json(shared)),
+        "/admin/budgets" => {
+            let snapshot = shared.store.load();
+            json(&shared.registries.budgets.status_json(&snapshot).await)
+        }
         "/admin/explain" => explain(shared, req).await,
         "/admin/reload" => reload(shared),
         _ => json(&shared.store.status_json()),

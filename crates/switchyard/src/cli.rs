@@ -7,8 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use switchyard_budget::{Budgets, SystemClock};
+use switchyard_core::Ledger;
+use switchyard_ledger::{EmbeddedLedger, LedgerOptions, RedisLedger, RedisOptions};
 use switchyard_policy::Severity;
 use switchyard_policy_watch::PolicyStore;
+use switchyard_stack::Registries;
 
 use crate::{demo, logging, server};
 
@@ -54,6 +58,45 @@ struct RunArgs {
     policy: PathBuf,
     #[command(flatten)]
     listen: ListenArgs,
+    #[command(flatten)]
+    ledger: LedgerArgs,
+}
+
+/// Where budget spend is kept (process settings: a restart is needed to change them).
+#[derive(Debug, Args, Clone)]
+pub struct LedgerArgs {
+    /// The embedded durable spend ledger (an append-only log, plus `.snap` and `.lock` files
+    /// beside it). Ignored with --redis.
+    #[arg(long, env = "SWITCHYARD_LEDGER", default_value = "switchyard.ledger")]
+    pub ledger: PathBuf,
+    /// Keep spend in Redis instead, shared by every replica (e.g. redis://127.0.0.1:6379/0).
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    pub redis: Option<String>,
+    /// When the ledger cannot be reached, serve without enforcing budgets instead of
+    /// refusing requests with 503.
+    #[arg(long, env = "SWITCHYARD_BUDGETS_FAIL_OPEN")]
+    pub budgets_fail_open: bool,
+}
+
+impl LedgerArgs {
+    /// Opens the ledger; must run inside the runtime (the Redis client needs it).
+    pub fn open(&self) -> Result<Arc<Budgets>, String> {
+        let ledger: Arc<dyn Ledger> = match &self.redis {
+            Some(url) => Arc::new(
+                RedisLedger::new(url, RedisOptions::default())
+                    .map_err(|e| format!("--redis {url}: {e}"))?,
+            ),
+            None => Arc::new(
+                EmbeddedLedger::open(&self.ledger, LedgerOptions::default())
+                    .map_err(|e| format!("--ledger {}: {e}", self.ledger.display()))?,
+            ),
+        };
+        Ok(Arc::new(Budgets::new(
+            ledger,
+            Arc::new(SystemClock),
+            self.budgets_fail_open,
+        )))
+    }
 }
 
 /// Listener settings shared by `run` and `demo`.
@@ -166,12 +209,30 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    rt.block_on(serve_until_signal(store, args.listen.server_config()))
+    rt.block_on(async {
+        let budgets = match args.ledger.open() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("switchyard: cannot open the spend ledger: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        serve_until_signal(
+            store,
+            Registries::with_budgets(budgets),
+            args.listen.server_config(),
+        )
+        .await
+    })
 }
 
 /// Serves until SIGTERM or SIGINT, then drains. SIGHUP re-reads the policy file.
-pub async fn serve_until_signal(store: Arc<PolicyStore>, cfg: server::ServerConfig) -> ExitCode {
-    let running = match server::start(store.clone(), &cfg).await {
+pub async fn serve_until_signal(
+    store: Arc<PolicyStore>,
+    registries: Registries,
+    cfg: server::ServerConfig,
+) -> ExitCode {
+    let running = match server::start(store.clone(), registries, &cfg).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchyard: cannot start listeners: {e}");

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -155,7 +156,21 @@ async fn run_inner(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error
         msg
     })?;
     let store = PolicyStore::from_file(compiled, &policy_file);
-    let running = server::start(store.clone(), &args.listen.server_config()).await?;
+    let ledger = switchyard_ledger::EmbeddedLedger::open(
+        dir.join("spend.ledger"),
+        switchyard_ledger::LedgerOptions::default(),
+    )?;
+    let budgets = Arc::new(switchyard_budget::Budgets::new(
+        Arc::new(ledger),
+        Arc::new(switchyard_budget::SystemClock),
+        false,
+    ));
+    let running = server::start(
+        store.clone(),
+        switchyard_stack::Registries::with_budgets(budgets),
+        &args.listen.server_config(),
+    )
+    .await?;
     let base = format!("http://{}", running.proxy_addr);
 
     println!("Switchyard demo");

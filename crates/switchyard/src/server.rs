@@ -66,7 +66,11 @@ pub struct Running {
 
 /// Binds both listeners and starts serving. Fails only if a socket cannot be bound or the TLS
 /// client cannot be built; the policy has been validated before this is called.
-pub async fn start(store: Arc<PolicyStore>, cfg: &ServerConfig) -> io::Result<Running> {
+pub async fn start(
+    store: Arc<PolicyStore>,
+    registries: Registries,
+    cfg: &ServerConfig,
+) -> io::Result<Running> {
     let snapshot = store.load();
     let limits = snapshot.defaults().limits;
     let client_cfg = ClientConfig {
@@ -74,7 +78,6 @@ pub async fn start(store: Arc<PolicyStore>, cfg: &ServerConfig) -> io::Result<Ru
         ..ClientConfig::default()
     };
     let clients = Clients::new(client_cfg).map_err(|e| io::Error::other(e.to_string()))?;
-    let registries = Registries::new();
     let proxy = switchyard_stack::proxy::<Incoming>(
         store.clone(),
         &registries,
