@@ -1,3 +1,4 @@
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -41,5 +42,38 @@ where
             // Polled again after completion, a contract breach: stay pending rather than panic.
             ShortCircuitProj::Ready { result } => result.take().map_or(Poll::Pending, Poll::Ready),
         }
+    }
+}
+
+type BoxedInner =
+    Pin<Box<dyn Future<Output = Result<http::Response<crate::ProxyBody>, BoxError>> + Send>>;
+
+/// A layer's response future when the layer's work is an `async` block: boxed once, named so
+/// that service types stay writable.
+pub struct BoxResponseFuture {
+    inner: BoxedInner,
+}
+
+impl BoxResponseFuture {
+    pub fn new(
+        fut: impl Future<Output = Result<http::Response<crate::ProxyBody>, BoxError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            inner: Box::pin(fut),
+        }
+    }
+}
+
+impl fmt::Debug for BoxResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BoxResponseFuture")
+    }
+}
+
+impl Future for BoxResponseFuture {
+    type Output = Result<http::Response<crate::ProxyBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
     }
 }

@@ -18,7 +18,7 @@ pub use body::{Event, EventKind, EventSource, ProxyBody};
 pub use class::{AttemptObserver, AttemptReport, BreakerEffect, Class};
 pub use error::{Failure, ProxyError};
 pub use ext::{Deadline, InboundApi, Pricing, Served, Usage};
-pub use future::ShortCircuit;
+pub use future::{BoxResponseFuture, ShortCircuit};
 pub use spend::{AttemptPrice, BoxFuture, Charge, Ledger, LedgerError, SpendGuard, Totals};
 
 /// The error type passed between tower layers.

@@ -84,7 +84,7 @@ where
             self.budget.clone(),
             req,
         );
-        ResponseFuture::new(Box::pin(async move { exec?.run().await }))
+        ResponseFuture::new(async move { exec?.run().await })
     }
 }
 

@@ -1,6 +1,6 @@
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -47,6 +47,14 @@ pub struct EndpointHealth {
     base: Instant,
     /// When the summary was last computed: nanoseconds since `base` plus one; 0 = never.
     refreshed_at: AtomicU64,
+    /// The endpoint is in outage at every instant before this one, as signed nanoseconds
+    /// since `base` (`stamp`); `i64::MIN` = at none. Computed by `record`, so
+    /// [`EndpointHealth::recent_outage`] needs no lock.
+    outage_until: AtomicI64,
+    /// From this instant on the samples may describe an outage again after a gap (older
+    /// successes aging out can raise the failure ratio), which `outage_until` cannot express:
+    /// asked about such an instant, `recent_outage` counts the samples. `i64::MAX` = never.
+    outage_recheck: AtomicI64,
 }
 
 struct State {
@@ -55,6 +63,8 @@ struct State {
     consecutive_failures: u32,
     last_failure: Option<Instant>,
     scratch: Vec<f64>,
+    /// Reused by `outage_span`: each sample's expiry stamp and whether it failed.
+    expiries: Vec<(i64, bool)>,
 }
 
 impl EndpointHealth {
@@ -67,10 +77,13 @@ impl EndpointHealth {
                 consecutive_failures: 0,
                 last_failure: None,
                 scratch: Vec::new(),
+                expiries: Vec::new(),
             }),
             summary: ArcSwap::from_pointee(Summary::default()),
             base: Instant::now(),
             refreshed_at: AtomicU64::new(0),
+            outage_until: AtomicI64::new(i64::MIN),
+            outage_recheck: AtomicI64::new(i64::MAX),
         }
     }
 
@@ -109,6 +122,12 @@ impl EndpointHealth {
             }
             Outcome::Neutral => {}
         }
+        let (until, recheck) = self.outage_span(&mut state);
+        // Recheck first: a reader that sees the new `until` then sees the new `recheck` too.
+        // One racing this record may still pair the old `until` with the new `recheck`; that
+        // can only turn its one answer into a `false` that the next call corrects.
+        self.outage_recheck.store(recheck, Ordering::Release);
+        self.outage_until.store(until, Ordering::Release);
         // Read the clock under the lock so summaries are published in the order computed.
         let now = Instant::now();
         if sample.outcome == Outcome::Failure || self.is_stale(now) {
@@ -134,31 +153,83 @@ impl EndpointHealth {
     /// `outage_consecutive` failures in a row, the last of them within the window, or at least
     /// `outage_min_attempts` attempts within the window of which at least
     /// `outage_failure_ratio` failed. Computed from the samples, not the cached summary.
+    ///
+    /// Lock-free: `record` precomputes until when the samples it leaves mean an outage, so this
+    /// is one or two atomic loads and compares. Only an instant at which aging-out samples would start
+    /// a new outage after a gap (rare: the old successes that diluted a burst of failures
+    /// leave first) is answered by counting the samples under the lock.
     pub fn recent_outage(&self, now: Instant) -> bool {
-        let cfg = &*self.config;
-        let state = self.lock();
-        let streak = cfg.outage_consecutive > 0
-            && state.consecutive_failures >= cfg.outage_consecutive
-            && state
-                .last_failure
-                .is_some_and(|at| within(now, at, cfg.outage_window));
-        if streak {
+        let at = stamp(self.base, now);
+        if at < self.outage_until.load(Ordering::Acquire) {
             return true;
         }
-        let (mut attempts, mut failures) = (0u32, 0u32);
-        for s in state
-            .ring
-            .iter()
-            .filter(|s| within(now, s.at, cfg.outage_window))
-        {
-            attempts += 1;
-            if s.outcome == Outcome::Failure {
-                failures += 1;
-            }
+        if at < self.outage_recheck.load(Ordering::Acquire) {
+            return false;
         }
-        attempts > 0
-            && attempts >= cfg.outage_min_attempts
-            && f64::from(failures) / f64::from(attempts) >= cfg.outage_failure_ratio
+        count_outage(&self.config, &self.lock(), now)
+    }
+
+    /// The outage instants the samples in `state` describe, as `(until, recheck)`: an outage
+    /// at every stamp before `until`, none from there to `recheck`, unknown from `recheck` on.
+    ///
+    /// A sample counts at `now` while `now < at + outage_window`, so as time passes samples
+    /// leave in order of that expiry, whatever order they were recorded in. Walking them by
+    /// expiry with running counts gives the ratio rule's verdict between consecutive expiries;
+    /// the streak rule holds until the last failure expires.
+    fn outage_span(&self, state: &mut State) -> (i64, i64) {
+        let cfg = &*self.config;
+        // No sample is ever within an empty window.
+        if cfg.outage_window.is_zero() {
+            return (i64::MIN, i64::MAX);
+        }
+        let window = i64::try_from(cfg.outage_window.as_nanos()).unwrap_or(i64::MAX);
+        let expiry = |at: Instant| stamp(self.base, at).saturating_add(window);
+
+        let mut until = match state.last_failure {
+            Some(at)
+                if cfg.outage_consecutive > 0
+                    && state.consecutive_failures >= cfg.outage_consecutive =>
+            {
+                expiry(at)
+            }
+            _ => i64::MIN,
+        };
+
+        let State { ring, expiries, .. } = state;
+        expiries.clear();
+        expiries.extend(
+            ring.iter()
+                .map(|s| (expiry(s.at), s.outcome == Outcome::Failure)),
+        );
+        // Recorded in time order but for stragglers, so this is usually one linear pass.
+        expiries.sort_unstable_by_key(|&(expires, _)| expires);
+
+        let mut attempts = u32::try_from(expiries.len()).unwrap_or(u32::MAX);
+        let mut failures =
+            u32::try_from(expiries.iter().filter(|e| e.1).count()).unwrap_or(u32::MAX);
+        // The segment [from, to) over which `attempts` and `failures` hold.
+        let mut from = i64::MIN;
+        let mut rest = expiries.as_slice();
+        loop {
+            let to = rest.first().map_or(i64::MAX, |e| e.0);
+            if from < to && ratio_outage(cfg, attempts, failures) {
+                if from > until {
+                    return (until, from);
+                }
+                until = until.max(to);
+            }
+            let Some(&(expires, _)) = rest.first() else {
+                return (until, i64::MAX);
+            };
+            while let Some((&(at, failed), tail)) = rest.split_first()
+                && at == expires
+            {
+                attempts = attempts.saturating_sub(1);
+                failures = failures.saturating_sub(u32::from(failed));
+                rest = tail;
+            }
+            from = expires;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -198,8 +269,55 @@ impl EndpointHealth {
     }
 
     #[cfg(test)]
+    pub(crate) fn counted_outage(&self, now: Instant) -> bool {
+        count_outage(&self.config, &self.lock(), now)
+    }
+
+    #[cfg(test)]
     pub(crate) fn recorded(&self) -> Vec<Sample> {
         self.lock().ring.iter().copied().collect()
+    }
+}
+
+/// The outage verdict counted from the samples themselves: the definition that
+/// `EndpointHealth::outage_span` precomputes.
+fn count_outage(cfg: &HealthConfig, state: &State, now: Instant) -> bool {
+    let streak = cfg.outage_consecutive > 0
+        && state.consecutive_failures >= cfg.outage_consecutive
+        && state
+            .last_failure
+            .is_some_and(|at| within(now, at, cfg.outage_window));
+    if streak {
+        return true;
+    }
+    let (mut attempts, mut failures) = (0u32, 0u32);
+    for s in state
+        .ring
+        .iter()
+        .filter(|s| within(now, s.at, cfg.outage_window))
+    {
+        attempts += 1;
+        if s.outcome == Outcome::Failure {
+            failures += 1;
+        }
+    }
+    ratio_outage(cfg, attempts, failures)
+}
+
+/// The ratio rule on counts of attempts within the outage window.
+fn ratio_outage(cfg: &HealthConfig, attempts: u32, failures: u32) -> bool {
+    attempts > 0
+        && attempts >= cfg.outage_min_attempts
+        && f64::from(failures) / f64::from(attempts) >= cfg.outage_failure_ratio
+}
+
+/// `at` as signed nanoseconds since `base`, saturating: instants before `base` are negative,
+/// so an outage question about any instant compares exactly.
+fn stamp(base: Instant, at: Instant) -> i64 {
+    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    match at.checked_duration_since(base) {
+        Some(after) => nanos(after),
+        None => -nanos(base.saturating_duration_since(at)),
     }
 }
 
@@ -444,6 +562,292 @@ mod tests {
         advance(Duration::from_secs(10)).await;
         // The 5 failures are exactly 30 s old: only the success is left in the window.
         assert!(!h.recent_outage(Instant::now()));
+    }
+
+    /// Asserts the lock-free answer and the counted one at `at`, and returns it.
+    fn outage_at(h: &EndpointHealth, at: Instant) -> bool {
+        let fast = h.recent_outage(at);
+        assert_eq!(fast, h.counted_outage(at), "at {at:?}");
+        fast
+    }
+
+    fn failed_at(at: Instant) -> Sample {
+        Sample { at, ..fail() }
+    }
+
+    fn succeeded_at(at: Instant) -> Sample {
+        Sample { at, ..ok(100) }
+    }
+
+    const NS: Duration = Duration::from_nanos(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn streak_outage_ends_one_window_after_the_last_failure() {
+        let h = health(HealthConfig {
+            outage_min_attempts: 100,
+            ..HealthConfig::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            h.record(fail());
+            advance(Duration::from_secs(1)).await;
+        }
+        let last = t0 + Duration::from_secs(2);
+        let end = last + Duration::from_secs(30);
+        assert!(outage_at(&h, last));
+        assert!(outage_at(&h, end - NS));
+        assert!(!outage_at(&h, end));
+        assert!(!outage_at(&h, end + Duration::from_secs(3600)));
+        // Asked about earlier instants, the streak holds there too.
+        assert!(outage_at(&h, t0));
+        assert!(outage_at(&h, t0 - Duration::from_secs(5)));
+
+        // A later failure moves the end; a success ends the streak at every instant.
+        advance(Duration::from_secs(10)).await;
+        h.record(fail());
+        let end = Instant::now() + Duration::from_secs(30);
+        assert!(outage_at(&h, end - NS));
+        assert!(!outage_at(&h, end));
+        h.record(ok(100));
+        assert!(!outage_at(&h, Instant::now()));
+        assert!(!outage_at(&h, t0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratio_outage_ends_when_too_few_attempts_are_left() {
+        let h = health(HealthConfig {
+            outage_consecutive: 0,
+            ..HealthConfig::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            h.record(fail());
+            advance(Duration::from_secs(1)).await;
+        }
+        // The first failure leaves the window at t0 + 30 s: 4 attempts are too few.
+        let end = t0 + Duration::from_secs(30);
+        assert!(outage_at(&h, t0 + Duration::from_secs(4)));
+        assert!(outage_at(&h, end - NS));
+        assert!(!outage_at(&h, end));
+        for s in 30..40 {
+            assert!(!outage_at(&h, t0 + Duration::from_secs(s)));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratio_outage_ends_when_the_ratio_drops() {
+        let h = health(HealthConfig {
+            outage_consecutive: 0,
+            outage_min_attempts: 3,
+            ..HealthConfig::default()
+        });
+        let t0 = Instant::now();
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        for (at, failed) in [(0, true), (5, true), (10, false), (12, false), (14, true)] {
+            h.record(if failed {
+                failed_at(secs(at))
+            } else {
+                succeeded_at(secs(at))
+            });
+        }
+        // 3 of 5, then 2 of 4 from 30 s, then 1 of 3 from 35 s: below half, though enough
+        // attempts remain.
+        assert!(outage_at(&h, secs(14)));
+        assert!(outage_at(&h, secs(30) - NS));
+        assert!(outage_at(&h, secs(30)));
+        assert!(outage_at(&h, secs(35) - NS));
+        assert!(!outage_at(&h, secs(35)));
+        // Later expiries never bring it back: 1 of 2, then 1 of 1, are too few attempts.
+        for s in [40, 42, 44, 45, 60] {
+            assert!(!outage_at(&h, secs(s)), "{s} s");
+        }
+        assert_eq!(
+            h.outage_recheck.load(Ordering::Relaxed),
+            i64::MAX,
+            "nothing left to recheck"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn aging_out_successes_start_an_outage_after_a_gap() {
+        let h = health(HealthConfig {
+            outage_consecutive: 0,
+            ..HealthConfig::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..6 {
+            h.record(ok(100));
+        }
+        advance(Duration::from_secs(20)).await;
+        for _ in 0..5 {
+            h.record(fail());
+        }
+        // 5 of 11 failed; once the 6 successes leave at 30 s, 5 of 5 have.
+        let start = t0 + Duration::from_secs(30);
+        let end = t0 + Duration::from_secs(50);
+        assert!(!outage_at(&h, Instant::now()));
+        assert!(!outage_at(&h, start - NS));
+        assert_eq!(
+            h.outage_recheck.load(Ordering::Relaxed),
+            stamp(h.base, start),
+            "the fast path knows where it cannot answer"
+        );
+        assert!(outage_at(&h, start));
+        assert!(outage_at(&h, end - NS));
+        assert!(!outage_at(&h, end));
+        // The question can be asked with the clock there, too.
+        advance(Duration::from_secs(10)).await;
+        assert!(h.recent_outage(Instant::now()));
+        advance(Duration::from_secs(20)).await;
+        assert!(!h.recent_outage(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longer_of_streak_and_ratio_decides_the_end() {
+        let h = health(HealthConfig::default());
+        let t0 = Instant::now();
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        // Ratio: 3 of 5 until the first failure leaves at 30 s, then 2 of 4 until 31 s.
+        // Streak: the last three are failures, the last of them at 20 s, so until 50 s.
+        h.record(failed_at(secs(0)));
+        h.record(succeeded_at(secs(1)));
+        h.record(succeeded_at(secs(2)));
+        h.record(failed_at(secs(10)));
+        assert!(!outage_at(&h, secs(10)), "4 attempts, a streak of 1");
+        h.record(failed_at(secs(19)));
+        h.record(failed_at(secs(20)));
+        assert!(outage_at(&h, secs(31)));
+        assert!(outage_at(&h, secs(50) - NS));
+        assert!(!outage_at(&h, secs(50)));
+
+        // A success ends the streak: only the ratio is left, 4 of 7, then 3 of 6 from 30 s,
+        // 3 of 5 from 31 s, and 4 attempts are too few from 32 s.
+        h.record(succeeded_at(secs(21)));
+        assert!(outage_at(&h, secs(31)));
+        assert!(outage_at(&h, secs(32) - NS));
+        assert!(!outage_at(&h, secs(32)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn samples_expire_in_time_order_not_record_order() {
+        let h = health(HealthConfig {
+            outage_consecutive: 0,
+            outage_min_attempts: 2,
+            outage_failure_ratio: 0.6,
+            ..HealthConfig::default()
+        });
+        let t0 = Instant::now();
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        // Recorded newest first: a straggler's sample may end before one recorded earlier.
+        h.record(failed_at(secs(9)));
+        h.record(succeeded_at(secs(8)));
+        h.record(failed_at(secs(1)));
+        // 2 of 3 failed; from 31 s, when the oldest leaves, 1 of 2; from 38 s 1 attempt is
+        // too few. Taken in record order, the failure at 1 s would seem to stay until 39 s.
+        assert!(outage_at(&h, secs(31) - NS));
+        assert!(!outage_at(&h, secs(31)));
+        assert!(!outage_at(&h, secs(38) - NS));
+        assert!(!outage_at(&h, secs(38)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_outage_window_never_holds_an_outage() {
+        let h = health(HealthConfig {
+            outage_window: Duration::ZERO,
+            outage_min_attempts: 1,
+            ..HealthConfig::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            h.record(fail());
+        }
+        for at in [t0 - Duration::from_secs(1), t0, t0 + NS] {
+            assert!(!outage_at(&h, at));
+        }
+    }
+
+    /// A deterministic generator, so a failing case can be replayed.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn precomputed_outage_matches_counting_the_samples() {
+        let mut rng = Lcg(0x5eed);
+        let ratios = [0.0, 0.34, 0.5, 0.75, 1.0, f64::NAN];
+        for case in 0..200 {
+            let config = HealthConfig {
+                window: Duration::from_secs(rng.below(2) * 5),
+                max_samples: 1 + rng.below(10) as usize,
+                outage_window: Duration::from_millis(500 + rng.below(3) * 1000),
+                outage_consecutive: rng.below(5) as u32,
+                outage_min_attempts: rng.below(6) as u32,
+                outage_failure_ratio: ratios[rng.below(ratios.len() as u64) as usize],
+                ..HealthConfig::default()
+            };
+            let window = config.outage_window;
+            let h = health(config.clone());
+            for _ in 0..20 {
+                advance(ms(rng.below(1200))).await;
+                let now = Instant::now();
+                // Up to 1.5 s late, so samples arrive out of order and before `base`.
+                let at = now - ms(rng.below(4) * 500);
+                let outcome = match rng.below(5) {
+                    0 => Outcome::Neutral,
+                    1 | 2 => Outcome::Failure,
+                    _ => Outcome::Success,
+                };
+                h.record(Sample {
+                    at,
+                    outcome,
+                    ..ok(100)
+                });
+                let mut probes: Vec<Instant> =
+                    (0..40).map(|k| now - ms(1000) + ms(k * 125)).collect();
+                for s in h.recorded() {
+                    let expires = s.at + window;
+                    probes.extend([s.at, expires - NS, expires, expires + NS]);
+                }
+                for t in probes {
+                    assert_eq!(
+                        h.recent_outage(t),
+                        h.counted_outage(t),
+                        "case {case}, {config:?}, at {t:?}, samples {:?}",
+                        h.recorded()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn recent_outage_takes_no_lock() {
+        let h = Arc::new(health(HealthConfig::default()));
+        for _ in 0..3 {
+            h.record(fail());
+        }
+        let held = h.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = Arc::clone(&h);
+        let now = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let _ = tx.send((
+                reader.recent_outage(now),
+                reader.recent_outage(now + Duration::from_secs(60)),
+            ));
+        });
+        let answer = rx.recv_timeout(Duration::from_secs(10));
+        drop(held);
+        thread.join().unwrap();
+        assert_eq!(answer.ok(), Some((true, false)), "blocked on the lock");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,8 @@
 //! [`HealthRegistry::retain`] after a reload and unchanged ids keep their state.
 //!
 //! Recording takes a short `std::sync::Mutex` section and never awaits; reading a summary is an
-//! `arc-swap` load. All times are [`tokio::time::Instant`] so paused-clock tests work.
+//! `arc-swap` load, and asking about a recent outage is an atomic load (recording precomputes
+//! until when the samples mean one). All times are [`tokio::time::Instant`] so paused-clock tests work.
 //!
 //! This crate does not decide anything: it neither filters nor orders candidates (that is
 //! `select`), nor opens circuits (that is `breaker`), nor classifies outcomes (callers pass an

@@ -58,7 +58,7 @@ impl Service<Request<Arc<ParsedRequest>>> for Upstream {
 
     fn call(&mut self, req: Request<Arc<ParsedRequest>>) -> Self::Future {
         let clients = self.clients.clone();
-        ResponseFuture::new(Box::pin(send(clients, req)))
+        ResponseFuture::new(send(clients, req))
     }
 }
 
