@@ -53,6 +53,9 @@ pub struct Proxy {
     pub dir: tempfile::TempDir,
     pub policy_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// What the process was started with, for [`Proxy::restart`].
+    env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Proxy {
@@ -90,10 +93,70 @@ impl Proxy {
     }
 
     fn spawn(policy_path: PathBuf, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Proxy {
+        Self::spawn_with_args(policy_path, dir, env, &[])
+    }
+
+    /// Like [`Proxy::start_with_env`], with extra command-line arguments (`--redis URL`,
+    /// `--budgets-fail-open`, ...), which [`Proxy::restart`] passes again.
+    pub fn start_with_args(policy: &Value, env: &[(&str, &str)], args: &[&str]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_path = dir.path().join("policy.json");
+        std::fs::write(&policy_path, serde_json::to_vec_pretty(policy).unwrap()).unwrap();
+        Self::spawn_with_args(policy_path, dir, env, args)
+    }
+
+    fn spawn_with_args(
+        policy_path: PathBuf,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Proxy {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+        let (child, addr, admin, logs) = Self::launch(&policy_path, dir.path(), &env, &args);
+        Proxy {
+            child,
+            addr,
+            admin,
+            dir,
+            policy_path,
+            logs,
+            env,
+            args,
+        }
+    }
+
+    /// Starts the binary again with the same policy, spend ledger (`dir/spend.ledger`), env
+    /// and arguments, as a supervisor restarts a crashed process; a process still running is
+    /// killed first. The new process listens on new ports.
+    pub fn restart(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let (child, addr, admin, logs) =
+            Self::launch(&self.policy_path, self.dir.path(), &self.env, &self.args);
+        self.child = child;
+        self.addr = addr;
+        self.admin = admin;
+        self.logs = logs;
+    }
+
+    /// Starts `switchyard run` and waits for its listening line: the process, its proxy and
+    /// admin addresses, and its stderr lines as they come.
+    fn launch(
+        policy_path: &Path,
+        dir: &Path,
+        env: &[(String, String)],
+        args: &[String],
+    ) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<Vec<String>>>) {
         let mut cmd = Command::new(binary());
         cmd.arg("run")
             .arg("--policy")
-            .arg(&policy_path)
+            .arg(policy_path)
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--admin")
@@ -102,7 +165,8 @@ impl Proxy {
             .arg("20s")
             // Each proxy keeps its spend in its own scratch directory.
             .arg("--ledger")
-            .arg(dir.path().join("spend.ledger"))
+            .arg(dir.join("spend.ledger"))
+            .args(args)
             .env("SWITCHYARD_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -135,14 +199,7 @@ impl Proxy {
         let v: Value = serde_json::from_str(&line).expect("JSON log line");
         let addr = v["proxy_addr"].as_str().unwrap().parse().unwrap();
         let admin = v["admin_addr"].as_str().unwrap().parse().unwrap();
-        Proxy {
-            child,
-            addr,
-            admin,
-            dir,
-            policy_path,
-            logs,
-        }
+        (child, addr, admin, logs)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -328,4 +385,100 @@ pub fn run_python(script: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// A loopback port that nothing listens on right now (the OS picked it, then it was closed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `redis-server` on a free loopback port, without persistence, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers `PING`. `None` only when `redis-server` is not
+    /// installed and `SWITCHYARD_SKIP_REDIS=1`; a missing server is otherwise a test failure.
+    pub fn start() -> Option<RedisServer> {
+        // Another process may take the port between the probe and the bind: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let spawned = Command::new("redis-server")
+                .arg("--port")
+                .arg(port.to_string())
+                .arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--save")
+                .arg("")
+                .arg("--appendonly")
+                .arg("no")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let child = match spawned {
+                Ok(child) => child,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if std::env::var("SWITCHYARD_SKIP_REDIS").as_deref() == Ok("1") {
+                        eprintln!(
+                            "redis-server is not installed: skipped (SWITCHYARD_SKIP_REDIS=1)"
+                        );
+                        return None;
+                    }
+                    panic!(
+                        "redis-server is not installed (apt-get install redis-server); \
+                         set SWITCHYARD_SKIP_REDIS=1 to skip the tests that need it"
+                    );
+                }
+                Err(e) => panic!("cannot start redis-server: {e}"),
+            };
+            let mut server = RedisServer { child, port };
+            if server.wait_ready(Duration::from_secs(10)) {
+                return Some(server);
+            }
+        }
+        panic!("redis-server did not start on a free port in 5 tries");
+    }
+
+    /// `redis://127.0.0.1:PORT/0`, as `--redis` takes it.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Whether the server answers `PING` before `timeout`; false as soon as it exits.
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut reply = [0u8; 7];
+                if tcp.write_all(b"PING\r\n").is_ok()
+                    && tcp.read_exact(&mut reply).is_ok()
+                    && &reply == b"+PONG\r\n"
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
