@@ -12,6 +12,7 @@ mod class;
 mod error;
 mod ext;
 mod future;
+mod notes;
 mod spend;
 
 pub use body::{Event, EventKind, EventSource, ProxyBody};
@@ -19,6 +20,7 @@ pub use class::{AttemptObserver, AttemptReport, BreakerEffect, Class};
 pub use error::{Failure, ProxyError};
 pub use ext::{Deadline, InboundApi, Pricing, Served, Usage};
 pub use future::{BoxResponseFuture, ShortCircuit};
+pub use notes::{ContextInjector, Notes, RequestNotes};
 pub use spend::{AttemptPrice, BoxFuture, Charge, Ledger, LedgerError, SpendGuard, Totals};
 
 /// The error type passed between tower layers.

@@ -17,6 +17,7 @@ use switchyard_policy::{Endpoint, Plan, Retry, Snapshot};
 use switchyard_wire::{Aggregator, BodyEdits, Operation, ParsedRequest};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
 use crate::RetryBudget;
 use crate::committed::Committed;
@@ -42,6 +43,8 @@ pub(crate) struct Exec<S> {
     pub(crate) trail: Vec<AttemptSummary>,
     pub(crate) attempts: u32,
     request_id: Option<Arc<str>>,
+    /// The previous attempt's verdict: why this one is a retry or a fallback.
+    last_class: Option<Class>,
     /// The request's budgets, when any apply.
     guard: Option<Arc<dyn SpendGuard>>,
     /// Reservations made so far (each attempt's is numbered anew, even for one that was then
@@ -123,6 +126,8 @@ pub(crate) struct AttemptMeta {
     pub(crate) ttft: Option<Duration>,
     /// The budget reservation this attempt holds, to be settled when it ends.
     pub(crate) reservation: Option<u32>,
+    /// The attempt's span (OpenTelemetry GenAI client span once exported).
+    pub(crate) span: tracing::Span,
 }
 
 impl<S> Exec<S>
@@ -176,6 +181,7 @@ where
             .map(Arc::from);
         let guard = parts.extensions.get::<Arc<dyn SpendGuard>>().cloned();
         Ok(Self {
+            last_class: None,
             guard,
             reservations: 0,
             budget_refusal: None,
@@ -396,15 +402,38 @@ where
 
         let sent_at = Instant::now();
         let attempt_no = self.attempts + 1;
+        let op = self.parsed.operation().as_str();
+        let span = tracing::info_span!(
+            target: "switchyard",
+            "attempt",
+            otel.name = %format_args!("{op} {}", endpoint.upstream_model),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = op,
+            gen_ai.provider.name = &*endpoint.provider.id,
+            gen_ai.request.model = &*endpoint.upstream_model,
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            switchyard.endpoint = &*endpoint.id,
+            switchyard.attempt = i64::from(attempt_no),
+            switchyard.outcome = tracing::field::Empty,
+            switchyard.fallback_reason = self.last_class.map(Class::as_str),
+            switchyard.cost_usd = tracing::field::Empty,
+            switchyard.ttft_ms = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let mut meta = AttemptMeta {
             endpoint: endpoint.clone(),
             attempt: attempt_no,
             sent_at,
             ttft: None,
             reservation,
+            span: span.clone(),
         };
         let result = match self.inner.clone().ready_oneshot().await {
-            Ok(svc) => svc.oneshot(req).await,
+            Ok(svc) => svc.oneshot(req).instrument(span).await,
             Err(e) => Err(e),
         };
         let resp = match result {
@@ -824,6 +853,36 @@ impl<S> Exec<S> {
         };
         for o in self.observers.iter() {
             o.observe(&report);
+        }
+        self.last_class = Some(class);
+        let span = &meta.span;
+        span.record("switchyard.outcome", class.as_str());
+        if let Some(s) = status {
+            span.record("http.response.status_code", i64::from(s));
+        }
+        if let Some(t) = meta.ttft {
+            span.record(
+                "switchyard.ttft_ms",
+                i64::try_from(t.as_millis()).unwrap_or(i64::MAX),
+            );
+        }
+        if let Some(u) = &usage {
+            span.record(
+                "gen_ai.usage.input_tokens",
+                i64::try_from(u.prompt_tokens).unwrap_or(i64::MAX),
+            );
+            span.record(
+                "gen_ai.usage.output_tokens",
+                i64::try_from(u.completion_tokens).unwrap_or(i64::MAX),
+            );
+            span.record("switchyard.cost_usd", u.cost);
+            span.record("gen_ai.response.model", &*meta.endpoint.upstream_model);
+        }
+        if class == Class::Success {
+            span.record("otel.status_code", "ok");
+        } else {
+            span.record("otel.status_code", "error");
+            span.record("error.type", class.as_str());
         }
         if class != Class::Success {
             tracing::debug!(

@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use switchyard_core::{BoxError, Failure};
+use switchyard_core::{BoxError, Failure, Notes};
 use switchyard_policy::Snapshot;
 use switchyard_wire::ParsedRequest;
 use tokio::time::Instant;
@@ -115,10 +115,45 @@ where
                     }),
                     _ => None,
                 };
+                if let Some(notes) = req.extensions().get::<Notes>() {
+                    notes.update(|n| {
+                        n.route = plan.route.as_ref().map(|r| Arc::clone(&r.id));
+                        n.models.clone_from(&plan.models);
+                        n.excluded = plan
+                            .excluded
+                            .iter()
+                            .map(|x| (Arc::clone(&x.endpoint), Arc::from(x.reason.code())))
+                            .collect();
+                    });
+                }
                 req.extensions_mut().insert(Arc::new(plan));
                 ResponseFuture::inner(self.inner.call(req), sticky)
             }
-            Err(e) => ResponseFuture::failed(e),
+            Err(e) => {
+                // Nothing left to try: the exclusions are the whole story of this request.
+                if let (Some(notes), Some(meta)) = (
+                    req.extensions().get::<Notes>(),
+                    Failure::find(&*e)
+                        .filter(|f| f.get().code() == "no_endpoints")
+                        .and_then(|f| f.get().metadata()),
+                ) {
+                    let excluded = meta["excluded_by"]
+                        .as_array()
+                        .map(|xs| {
+                            xs.iter()
+                                .filter_map(|x| {
+                                    Some((
+                                        Arc::from(x["endpoint"].as_str()?),
+                                        Arc::from(x["reason"].as_str()?),
+                                    ))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    notes.update(|n| n.excluded = excluded);
+                }
+                ResponseFuture::failed(e)
+            }
         }
     }
 }

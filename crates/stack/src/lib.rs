@@ -39,7 +39,7 @@ pub type ProxyService<B> = BoxCloneService<Request<B>, Response<ProxyBody>, Infa
 
 /// The long-lived state the layers share, which outlives every policy reload: endpoint
 /// health (fed by every attempt, read by the selector) and the selector's sticky sessions.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Registries {
     pub health: Arc<HealthRegistry>,
     pub selector: Arc<Selector>,
@@ -47,6 +47,19 @@ pub struct Registries {
     pub retry_budget: Arc<RetryBudget>,
     /// Budget spend, kept in the ledger (the embedded durable log, or Redis).
     pub budgets: Arc<Budgets>,
+    /// Further observers of every attempt (metrics, the generation record).
+    pub extra_observers: Vec<Arc<dyn AttemptObserver>>,
+}
+
+impl std::fmt::Debug for Registries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registries")
+            .field("health", &self.health)
+            .field("breakers", &self.breakers)
+            .field("budgets", &self.budgets)
+            .field("extra_observers", &self.extra_observers.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registries {
@@ -68,12 +81,22 @@ impl Registries {
             breakers: Arc::new(BreakerRegistry::default()),
             retry_budget: Arc::new(RetryBudget::new()),
             budgets,
+            extra_observers: Vec::new(),
         }
+    }
+
+    /// Adds an observer of every attempt's verdict.
+    pub fn with_observer(mut self, observer: Arc<dyn AttemptObserver>) -> Self {
+        self.extra_observers.push(observer);
+        self
     }
 
     /// Everything that learns from each attempt's verdict.
     pub fn observers(&self) -> Vec<Arc<dyn AttemptObserver>> {
-        vec![self.health.clone(), self.breakers.clone()]
+        let mut all: Vec<Arc<dyn AttemptObserver>> =
+            vec![self.health.clone(), self.breakers.clone()];
+        all.extend(self.extra_observers.iter().cloned());
+        all
     }
 
     /// After a reload: drops the state of endpoints the policy no longer has; unchanged ids

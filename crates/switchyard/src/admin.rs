@@ -34,6 +34,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/admin/budgets", Method::GET),
     ("/admin/explain", Method::POST),
     ("/admin/reload", Method::POST),
+    ("/metrics", Method::GET),
 ];
 
 /// Bodies of admin requests are small JSON documents; anything larger is a mistake.
@@ -79,6 +80,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
         }
         "/admin/explain" => explain(shared, req).await,
         "/admin/reload" => reload(shared),
+        "/metrics" => metrics(shared),
         _ => json(&shared.store.status_json()),
     }
 }
@@ -116,6 +118,30 @@ fn providers_json(shared: &Shared) -> Value {
         })
         .collect();
     json!({ "endpoints": endpoints })
+}
+
+/// `GET /metrics`: Prometheus text. Breaker states are read at scrape time.
+fn metrics(shared: &Shared) -> Response<ProxyBody> {
+    let now = tokio::time::Instant::now();
+    let snapshot = shared.store.load();
+    for ep in snapshot.endpoints() {
+        let phase = shared.registries.breakers.state(&ep.id, now).phase;
+        let state = match phase.as_str() {
+            "open" => switchyard_telemetry::BreakerState::Open,
+            "half_open" => switchyard_telemetry::BreakerState::HalfOpen,
+            _ => switchyard_telemetry::BreakerState::Closed,
+        };
+        shared
+            .obs
+            .metrics
+            .breaker_state(&ep.provider.id, &ep.model, state);
+    }
+    let mut r = Response::new(ProxyBody::full(shared.obs.metrics.encode()));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(switchyard_telemetry::CONTENT_TYPE),
+    );
+    r
 }
 
 /// `POST /admin/reload`: re-read the policy file now. 200 with the status when the policy in

@@ -14,7 +14,8 @@ use switchyard_policy::Severity;
 use switchyard_policy_watch::PolicyStore;
 use switchyard_stack::Registries;
 
-use crate::{demo, logging, server};
+use crate::observe::Observability;
+use crate::{demo, server};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -132,17 +133,11 @@ pub fn main() -> ExitCode {
             request,
             path,
         } => crate::explain::run(&policy, &request, &path),
-        Cmd::Run(args) => {
-            logging::init();
-            run(args)
-        }
-        Cmd::Demo(args) => {
-            logging::init();
-            match runtime() {
-                Ok(rt) => rt.block_on(demo::run(args)),
-                Err(code) => code,
-            }
-        }
+        Cmd::Run(args) => run(args),
+        Cmd::Demo(args) => match runtime() {
+            Ok(rt) => rt.block_on(with_telemetry(|obs| demo::run(args, obs))),
+            Err(code) => code,
+        },
     }
 }
 
@@ -209,7 +204,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    rt.block_on(async {
+    rt.block_on(with_telemetry(|obs| async move {
         let budgets = match args.ledger.open() {
             Ok(b) => b,
             Err(e) => {
@@ -220,19 +215,48 @@ fn run(args: RunArgs) -> ExitCode {
         serve_until_signal(
             store,
             Registries::with_budgets(budgets),
+            obs,
             args.listen.server_config(),
         )
         .await
-    })
+    }))
+}
+
+/// Logs, traces and metrics for the life of `body`: tracing with JSON or human logs, and an
+/// OTLP exporter when the standard `OTEL_*` variables configure one; flushed at the end.
+async fn with_telemetry<F, Fut>(body: F) -> ExitCode
+where
+    F: FnOnce(Observability) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let telemetry = match switchyard_telemetry::TelemetryConfig::from_env()
+        .and_then(switchyard_telemetry::init)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("switchyard: telemetry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let obs = Observability {
+        metrics: telemetry.metrics().clone(),
+        generations: Arc::new(switchyard_telemetry::GenerationStore::default()),
+    };
+    let code = body(obs).await;
+    if let Err(e) = telemetry.shutdown().await {
+        eprintln!("switchyard: telemetry flush: {e}");
+    }
+    code
 }
 
 /// Serves until SIGTERM or SIGINT, then drains. SIGHUP re-reads the policy file.
 pub async fn serve_until_signal(
     store: Arc<PolicyStore>,
     registries: Registries,
+    obs: Observability,
     cfg: server::ServerConfig,
 ) -> ExitCode {
-    let running = match server::start(store.clone(), registries, &cfg).await {
+    let running = match server::start(store.clone(), registries, obs, &cfg).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchyard: cannot start listeners: {e}");

@@ -129,8 +129,8 @@ fn demo_policy(s: &Sims, key_file: &str) -> Value {
     })
 }
 
-pub async fn run(args: DemoArgs) -> ExitCode {
-    match run_inner(args).await {
+pub async fn run(args: DemoArgs, obs: crate::observe::Observability) -> ExitCode {
+    match run_inner(args, obs).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("switchyard demo: {e}");
@@ -139,7 +139,10 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     }
 }
 
-async fn run_inner(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+async fn run_inner(
+    args: DemoArgs,
+    obs: crate::observe::Observability,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let sims = start_sims().await?;
     let dir = demo_dir()?;
     let key_file = dir.join("provider.key");
@@ -168,6 +171,7 @@ async fn run_inner(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error
     let running = server::start(
         store.clone(),
         switchyard_stack::Registries::with_budgets(budgets),
+        obs,
         &args.listen.server_config(),
     )
     .await?;

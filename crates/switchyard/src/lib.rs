@@ -9,5 +9,5 @@ pub mod admin;
 pub mod cli;
 pub mod demo;
 pub mod explain;
-pub mod logging;
+pub mod observe;
 pub mod server;

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::observe::{Observability, Observe};
 
 /// Process settings of a running proxy.
 #[derive(Clone, Debug)]
@@ -38,6 +39,7 @@ pub struct ServerConfig {
 pub struct Shared {
     pub store: Arc<PolicyStore>,
     pub registries: Registries,
+    pub obs: Observability,
     pub draining: AtomicBool,
 }
 
@@ -45,9 +47,17 @@ impl Shared {
     /// Re-reads the policy file; on success, drops the long-lived state of endpoints the new
     /// policy no longer has (unchanged ids keep theirs). A refused reload changes nothing.
     pub fn reload(&self) -> Result<u64, Vec<switchyard_policy::Diagnostic>> {
-        let generation = self.store.reload()?;
-        self.registries.reconcile(&self.store.load());
-        Ok(generation)
+        match self.store.reload() {
+            Ok(generation) => {
+                self.registries.reconcile(&self.store.load());
+                self.obs.metrics.policy_reloaded(generation);
+                Ok(generation)
+            }
+            Err(e) => {
+                self.obs.metrics.policy_reload_failed();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -69,8 +79,12 @@ pub struct Running {
 pub async fn start(
     store: Arc<PolicyStore>,
     registries: Registries,
+    obs: Observability,
     cfg: &ServerConfig,
 ) -> io::Result<Running> {
+    let registries = registries
+        .with_observer(obs.metrics.clone())
+        .with_observer(obs.generations.clone());
     let snapshot = store.load();
     let limits = snapshot.defaults().limits;
     let client_cfg = ClientConfig {
@@ -83,6 +97,8 @@ pub async fn start(
         &registries,
         Upstream::new(Arc::new(clients)),
     );
+    // Outermost: spans, request metrics and the generation record see every request whole.
+    let proxy = tower::util::BoxCloneService::new(Observe::new(proxy, obs.clone()));
 
     let proxy_listener = TcpListener::bind(cfg.listen).await?;
     let admin_listener = TcpListener::bind(cfg.admin).await?;
@@ -92,6 +108,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         store,
         registries,
+        obs,
         draining: AtomicBool::new(false),
     });
     // Separate stops: the admin port keeps answering probes while the proxy drains.

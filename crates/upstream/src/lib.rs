@@ -77,13 +77,21 @@ async fn send(
         None => (64 << 20, 1 << 20),
     };
     let req_edits = req.extensions().get::<BodyEdits>().cloned();
+    let injector = req
+        .extensions()
+        .get::<Arc<dyn switchyard_core::ContextInjector>>()
+        .cloned();
     let forced_stream = req_edits.as_ref().is_some_and(|e| e.force_stream);
     let parsed = req.into_body();
     let op = parsed.operation();
     let provider = &endpoint.provider;
 
     let edits = req_edits;
-    let upstream_req = build_request(&endpoint, &parsed, edits.as_ref())?;
+    let mut upstream_req = build_request(&endpoint, &parsed, edits.as_ref())?;
+    // The provider sees our trace context (this attempt's span), never the caller's headers.
+    if let Some(injector) = injector {
+        injector.inject(upstream_req.headers_mut());
+    }
     let client = clients.for_provider(provider)?;
     let resp = client.request(upstream_req).await.map_err(|e| {
         Failure::boxed(Unreachable {
