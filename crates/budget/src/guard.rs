@@ -18,6 +18,9 @@ pub const DEFAULT_WORST_CASE_OUTPUT: u64 = 4096;
 /// Output small enough that capping a request to it is pointless: refuse instead.
 const MIN_FITTED_TOKENS: u64 = 16;
 
+/// An open reservation: attempt, amount, and the budgets it counts against.
+pub(crate) type Open = (u32, f64, Vec<Arc<str>>);
+
 /// The budgets of one request, as the fallback executor uses them.
 pub struct RequestBudget {
     pub(crate) budgets: Arc<Budgets>,
@@ -28,7 +31,7 @@ pub struct RequestBudget {
     pub(crate) prompt_tokens: u64,
     pub(crate) max_tokens: Option<u64>,
     /// Attempts with an open reservation, and its amount.
-    pub(crate) open: Arc<Mutex<Vec<(u32, f64)>>>,
+    pub(crate) open: Arc<Mutex<Vec<Open>>>,
 }
 
 impl std::fmt::Debug for RequestBudget {
@@ -54,7 +57,7 @@ impl RequestBudget {
         format!("{}#{attempt}", self.request_id)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u32, f64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Open>> {
         self.open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -142,6 +145,9 @@ impl SpendGuard for RequestBudget {
                         cap_tokens = Some(ask.out_tokens);
                     }
                     _ => {
+                        if let Some(ev) = &self.budgets.events {
+                            ev.rejected(budget);
+                        }
                         return refuse(BudgetExceeded {
                             budget: budget.to_string(),
                             window: "request",
@@ -164,15 +170,19 @@ impl SpendGuard for RequestBudget {
         let rid = self.rid(attempt);
         let amount = cost_of(ask.out_tokens, prompt);
         let open = self.open.clone();
+        let events = self.budgets.events.clone();
         Box::pin(async move {
             let mut amount = amount;
             let mut tried_fit = false;
             loop {
                 match ledger.reserve(&rid, &ask.charges, amount).await {
                     Ok(()) => {
+                        let mut ids: Vec<Arc<str>> =
+                            ask.labels.iter().map(|(b, _, _)| b.clone()).collect();
+                        ids.dedup();
                         open.lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push((attempt, amount));
+                            .push((attempt, amount, ids));
                         return Ok(cap_tokens);
                     }
                     Err(LedgerError::Exceeded {
@@ -193,12 +203,15 @@ impl SpendGuard for RequestBudget {
                                 continue;
                             }
                         }
-                        let (budget_id, kind, secs) = ask
+                        let (budget_id, kind, secs): (Arc<str>, WindowKind, u64) = ask
                             .charges
                             .iter()
                             .position(|c| c.key == key)
                             .and_then(|i| ask.labels.get(i).cloned())
                             .unwrap_or((key.clone(), WindowKind::Daily, 0));
+                        if let Some(ev) = &events {
+                            ev.rejected(&budget_id);
+                        }
                         return Err(Failure::boxed(BudgetExceeded {
                             budget: budget_id.to_string(),
                             window: kind.as_str(),
@@ -222,9 +235,14 @@ impl SpendGuard for RequestBudget {
     }
 
     fn settle(&self, attempt: u32, cost: f64, estimated: bool) -> BoxFuture<'static, ()> {
-        let Some(reserved) = self.take(attempt) else {
+        let Some((reserved, budgets)) = self.take(attempt) else {
             return Box::pin(async {});
         };
+        if let Some(ev) = &self.budgets.events {
+            for b in &budgets {
+                ev.spent(b, cost);
+            }
+        }
         let ledger: Arc<dyn Ledger> = self.budgets.ledger.clone();
         let rid = self.rid(attempt);
         if estimated {
@@ -242,15 +260,16 @@ impl SpendGuard for RequestBudget {
 }
 
 impl RequestBudget {
-    fn take(&self, attempt: u32) -> Option<f64> {
+    fn take(&self, attempt: u32) -> Option<(f64, Vec<Arc<str>>)> {
         let mut open = self.lock();
-        let i = open.iter().position(|(a, _)| *a == attempt)?;
-        Some(open.swap_remove(i).1)
+        let i = open.iter().position(|(a, _, _)| *a == attempt)?;
+        let (_, amount, budgets) = open.swap_remove(i);
+        Some((amount, budgets))
     }
 
     /// Attempts reserved and never settled (the request was dropped mid-attempt).
     pub(crate) fn unsettled(&self) -> Vec<u32> {
-        self.lock().iter().map(|(a, _)| *a).collect()
+        self.lock().iter().map(|(a, _, _)| *a).collect()
     }
 }
 

@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use http::Request;
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use switchyard_core::{Ledger, SpendGuard};
+use switchyard_core::{BudgetEvents, Ledger, SpendGuard};
 use switchyard_policy::{Plan, Snapshot};
 use switchyard_wire::ParsedRequest;
 use tower::{Layer, Service};
@@ -66,6 +66,7 @@ pub struct Budgets {
     pub(crate) ledger: Arc<dyn Ledger>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) fail_open: bool,
+    pub(crate) events: Option<Arc<dyn BudgetEvents>>,
 }
 
 impl std::fmt::Debug for Budgets {
@@ -82,7 +83,14 @@ impl Budgets {
             ledger,
             clock,
             fail_open,
+            events: None,
         }
+    }
+
+    /// Reports spend and refusals (metrics) to `events`.
+    pub fn with_events(mut self, events: Arc<dyn BudgetEvents>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// `GET /admin/budgets`: per budget and window, spent, reserved, cap and reset time.

@@ -141,4 +141,7 @@ pub struct AttemptReport {
 /// Something that learns from every attempt: endpoint health, the breaker, budgets, metrics.
 pub trait AttemptObserver: Send + Sync + 'static {
     fn observe(&self, report: &AttemptReport);
+
+    /// A retry was not made because the retry budget was spent.
+    fn retry_budget_refused(&self) {}
 }

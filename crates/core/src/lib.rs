@@ -21,7 +21,9 @@ pub use error::{Failure, ProxyError};
 pub use ext::{Deadline, InboundApi, Pricing, Served, Usage};
 pub use future::{BoxResponseFuture, ShortCircuit};
 pub use notes::{ContextInjector, Notes, RequestNotes};
-pub use spend::{AttemptPrice, BoxFuture, Charge, Ledger, LedgerError, SpendGuard, Totals};
+pub use spend::{
+    AttemptPrice, BoxFuture, BudgetEvents, Charge, Ledger, LedgerError, SpendGuard, Totals,
+};
 
 /// The error type passed between tower layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

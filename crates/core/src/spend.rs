@@ -109,3 +109,11 @@ impl std::fmt::Display for LedgerError {
 }
 
 impl std::error::Error for LedgerError {}
+
+/// Learns what budgets did: metrics of spend and refusals.
+pub trait BudgetEvents: Send + Sync + 'static {
+    /// `usd` was charged to budget `budget` (each budget a settlement counts against).
+    fn spent(&self, budget: &str, usd: f64);
+    /// A reservation against `budget` was refused.
+    fn rejected(&self, budget: &str);
+}

@@ -232,6 +232,9 @@ where
                     )
                 {
                     budget_exhausted = true;
+                    for o in self.observers.iter() {
+                        o.retry_budget_refused();
+                    }
                     break 'candidates;
                 }
                 if self.deadline.is_some_and(|d| Instant::now() >= d) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use switchyard_budget::{Budgets, SystemClock};
-use switchyard_core::Ledger;
+use switchyard_core::{BudgetEvents, Ledger};
 use switchyard_ledger::{EmbeddedLedger, LedgerOptions, RedisLedger, RedisOptions};
 use switchyard_policy::Severity;
 use switchyard_policy_watch::PolicyStore;
@@ -81,7 +81,7 @@ pub struct LedgerArgs {
 
 impl LedgerArgs {
     /// Opens the ledger; must run inside the runtime (the Redis client needs it).
-    pub fn open(&self) -> Result<Arc<Budgets>, String> {
+    pub fn open(&self, events: Arc<dyn BudgetEvents>) -> Result<Arc<Budgets>, String> {
         let ledger: Arc<dyn Ledger> = match &self.redis {
             Some(url) => Arc::new(
                 RedisLedger::new(url, RedisOptions::default())
@@ -92,11 +92,9 @@ impl LedgerArgs {
                     .map_err(|e| format!("--ledger {}: {e}", self.ledger.display()))?,
             ),
         };
-        Ok(Arc::new(Budgets::new(
-            ledger,
-            Arc::new(SystemClock),
-            self.budgets_fail_open,
-        )))
+        Ok(Arc::new(
+            Budgets::new(ledger, Arc::new(SystemClock), self.budgets_fail_open).with_events(events),
+        ))
     }
 }
 
@@ -205,7 +203,7 @@ fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(with_telemetry(|obs| async move {
-        let budgets = match args.ledger.open() {
+        let budgets = match args.ledger.open(obs.metrics.clone()) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("switchyard: cannot open the spend ledger: {e}");

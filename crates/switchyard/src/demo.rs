@@ -163,11 +163,14 @@ async fn run_inner(
         dir.join("spend.ledger"),
         switchyard_ledger::LedgerOptions::default(),
     )?;
-    let budgets = Arc::new(switchyard_budget::Budgets::new(
-        Arc::new(ledger),
-        Arc::new(switchyard_budget::SystemClock),
-        false,
-    ));
+    let budgets = Arc::new(
+        switchyard_budget::Budgets::new(
+            Arc::new(ledger),
+            Arc::new(switchyard_budget::SystemClock),
+            false,
+        )
+        .with_events(obs.metrics.clone()),
+    );
     let running = server::start(
         store.clone(),
         switchyard_stack::Registries::with_budgets(budgets),

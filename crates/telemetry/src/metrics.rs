@@ -657,6 +657,19 @@ impl AttemptObserver for Metrics {
             }
         }
     }
+
+    fn retry_budget_refused(&self) {
+        Metrics::retry_budget_refused(self);
+    }
+}
+
+impl switchyard_core::BudgetEvents for Metrics {
+    fn spent(&self, budget: &str, usd: f64) {
+        self.budget_spent(budget, usd);
+    }
+    fn rejected(&self, budget: &str) {
+        self.budget_rejected(budget);
+    }
 }
 
 /// OpenMetrics text to the Prometheus text format: a counter family's metadata names the
