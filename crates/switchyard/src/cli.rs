@@ -283,7 +283,7 @@ pub(crate) fn watch_policy(
 ) -> Option<switchyard_policy_watch::WatchHandle> {
     let path = shared.store.path()?.to_path_buf();
     let target = shared.clone();
-    switchyard_policy_watch::spawn_watcher(
+    let handle = switchyard_policy_watch::spawn_watcher(
         path,
         Arc::new(move || {
             // Errors are recorded in the store (and shown by /admin/policy).
@@ -292,7 +292,11 @@ pub(crate) fn watch_policy(
         switchyard_policy_watch::WatchOptions::default(),
     )
     .map_err(|e| tracing::warn!(error = %e, "policy watcher not started; SIGHUP still reloads"))
-    .ok()
+    .ok();
+    // A write between the first load and the watcher's baseline would otherwise go unseen:
+    // read the file once more now (identical content is not a new generation).
+    let _ = shared.reload();
+    handle
 }
 
 #[cfg(unix)]
