@@ -482,3 +482,235 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// The real OTLP receiver (`tests/py/otlp_receiver.py`, run with [`python`]) on free
+/// loopback ports: gRPC and HTTP. Every span and metric it receives becomes one JSON line
+/// in its output file. Stopped (stdin closed, then killed) on drop.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    child: Child,
+    pub grpc: u16,
+    pub http: u16,
+    out: tempfile::NamedTempFile,
+}
+
+impl OtlpReceiver {
+    /// Starts one and waits until both servers listen.
+    pub fn start() -> OtlpReceiver {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let script = workspace_root().join("tests/py/otlp_receiver.py");
+        let mut child = Command::new(python())
+            .arg(&script)
+            .arg(out.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the OTLP receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ports: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the OTLP receiver said {line:?}: {e}"));
+        let port = |k: &str| u16::try_from(ports[k].as_u64().unwrap()).unwrap();
+        OtlpReceiver {
+            grpc: port("grpc"),
+            http: port("http"),
+            child,
+            out,
+        }
+    }
+
+    /// The proxy's environment to export to this receiver over `protocol` (`grpc` or
+    /// `http/protobuf`), with metrics pushed every `metrics_interval_ms`.
+    pub fn env(&self, protocol: &str, metrics_interval_ms: u64) -> Vec<(String, String)> {
+        let port = if protocol == "grpc" {
+            self.grpc
+        } else {
+            self.http
+        };
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://127.0.0.1:{port}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.into()),
+            (
+                "OTEL_METRIC_EXPORT_INTERVAL".into(),
+                metrics_interval_ms.to_string(),
+            ),
+        ]
+    }
+
+    /// The raw output file: every record received so far, one JSON line each.
+    pub fn raw(&self) -> String {
+        std::fs::read_to_string(self.out.path()).unwrap()
+    }
+
+    /// Every record received so far.
+    pub fn records(&self) -> Vec<Value> {
+        self.raw()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until `done` holds for the records received, and returns them; panics after
+    /// `timeout` with what did arrive.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let records = self.records();
+            if done(&records) {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the OTLP receiver got only {records:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        // Closing stdin asks it to stop; the kill covers a receiver that does not.
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One series of a scrape as `prometheus_client`'s parser read it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromSample {
+    /// The sample's own name (`..._total`, `..._bucket`, ...).
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A `/metrics` text parsed by the official Python client (`tests/py/prom_parse.py`): the
+/// test fails if that parser rejects it.
+#[derive(Clone, Debug)]
+pub struct PromScrape {
+    pub text: String,
+    /// Family name (as the parser names it: counters without `_total`) and type.
+    pub families: Vec<(String, String)>,
+    pub samples: Vec<PromSample>,
+}
+
+impl PromScrape {
+    pub fn parse(text: &str) -> PromScrape {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        let v = run_python("prom_parse.py", &[file.path().to_str().unwrap()], &[]);
+        let mut families = Vec::new();
+        let mut samples = Vec::new();
+        for f in v["families"].as_array().unwrap() {
+            families.push((
+                f["name"].as_str().unwrap().to_string(),
+                f["type"].as_str().unwrap().to_string(),
+            ));
+            for s in f["samples"].as_array().unwrap() {
+                let value = match &s["value"] {
+                    Value::String(x) => x.parse().unwrap(),
+                    x => x.as_f64().unwrap(),
+                };
+                samples.push(PromSample {
+                    name: s["name"].as_str().unwrap().to_string(),
+                    labels: s["labels"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                        .collect(),
+                    value,
+                });
+            }
+        }
+        PromScrape {
+            text: text.to_string(),
+            families,
+            samples,
+        }
+    }
+
+    /// The value of the series `name` whose labels are exactly `labels`; 0 when there is no
+    /// such series yet (counters start at zero).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let want: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        let found: Vec<&PromSample> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name && s.labels == want)
+            .collect();
+        assert!(found.len() <= 1, "{name} {labels:?} appears twice");
+        found.first().map_or(0.0, |s| s.value)
+    }
+
+    /// The sum of every series of `name` whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+            .sum()
+    }
+
+    /// Whether a family or a sample of this name is exposed (histogram and counter names
+    /// are accepted with or without their `_bucket`/`_sum`/`_count`/`_total` suffix).
+    pub fn has(&self, name: &str) -> bool {
+        self.families.iter().any(|(f, _)| f == name) || self.samples.iter().any(|s| s.name == name)
+    }
+}
+
+/// Scrapes the proxy's admin `/metrics` and parses it with [`PromScrape::parse`].
+pub async fn scrape(proxy: &Proxy) -> PromScrape {
+    let r = send("GET", &proxy.admin_url("/metrics"), &[], Bytes::new()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    PromScrape::parse(std::str::from_utf8(&r.body).unwrap())
+}
+
+/// Runs `promtool check metrics` (the Prometheus project's own linter) on `text`. A missing
+/// `promtool` is a failure that says how to install it.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool is not installed: `apt-get install prometheus` provides it (.ci/run does)"
+        ),
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}\n--- metrics ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+}

@@ -14,6 +14,9 @@ pub struct RequestNotes {
     pub models: Vec<Arc<str>>,
     /// Endpoint id and the code of the filter that excluded it.
     pub excluded: Vec<(Arc<str>, Arc<str>)>,
+    /// Upstream attempts made so far (the fallback executor keeps it current, so that a
+    /// failed request reports them too).
+    pub attempts: u32,
 }
 
 impl Notes {

@@ -84,8 +84,10 @@ where
                         return Some(Ok(ev));
                     }
                     EventKind::Error => {
-                        let detail =
-                            String::from_utf8_lossy(crate::exec::sse_data(&ev.bytes)).into_owned();
+                        let detail = crate::exec::redacted(
+                            &self.meta.endpoint,
+                            String::from_utf8_lossy(crate::exec::sse_data(&ev.bytes)).into_owned(),
+                        );
                         self.fail(Class::CutAfterCommit, detail).await;
                     }
                     EventKind::Preamble if self.continuing => {}

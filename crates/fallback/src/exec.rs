@@ -457,7 +457,7 @@ where
                     self.release(&meta).await;
                     return Verdict::Fatal(e);
                 }
-                self.attempts = attempt_no;
+                self.count_attempt(attempt_no);
                 let class = class_of(&e);
                 let v = Verdict::Failed {
                     class,
@@ -470,7 +470,7 @@ where
                 return v;
             }
         };
-        self.attempts = attempt_no;
+        self.count_attempt(attempt_no);
         let verdict = self.evaluate(resp, &mut meta, continuing).await;
         match &verdict {
             Verdict::Committed { .. } => {}
@@ -478,6 +478,15 @@ where
             _ => self.finish(&meta, &verdict).await,
         }
         verdict
+    }
+
+    /// An attempt was sent: counted here and in the request's notes (for a failed request's
+    /// access log and span, which carry no `Served`).
+    fn count_attempt(&mut self, attempt_no: u32) {
+        self.attempts = attempt_no;
+        if let Some(notes) = self.parts.extensions.get::<switchyard_core::Notes>() {
+            notes.update(|n| n.attempts = attempt_no);
+        }
     }
 
     async fn release(&mut self, meta: &AttemptMeta) {
@@ -554,7 +563,10 @@ where
                             class: switchyard_wire::classify_error_event(data),
                             status: Some(status.as_u16()),
                             retry_after: None,
-                            detail: String::from_utf8_lossy(data).into_owned(),
+                            detail: redacted(
+                                &meta.endpoint,
+                                String::from_utf8_lossy(data).into_owned(),
+                            ),
                             response: None,
                         };
                     }
@@ -958,6 +970,16 @@ pub(crate) fn done_event() -> Event {
         bytes: bytes::Bytes::from_static(b"data: [DONE]\n\n"),
         kind: EventKind::Done,
         usage: None,
+    }
+}
+
+/// `text` without the endpoint's provider key, should the provider have echoed it.
+pub(crate) fn redacted(endpoint: &Endpoint, text: String) -> String {
+    match &endpoint.provider.api_key {
+        Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
+            text.replace(key.expose(), "[redacted]")
+        }
+        _ => text,
     }
 }
 

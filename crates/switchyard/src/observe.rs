@@ -134,8 +134,9 @@ where
                 return Ok(Response::from_parts(parts, body));
             }
             let usage = finish.served.as_ref().and_then(|s| s.usage);
-            let ttft = finish.started.elapsed();
-            finish.done(usage, Some(ttft), false);
+            // Only an answer has a first token; an error body is not one.
+            let ttft = (finish.status < 300).then(|| finish.started.elapsed());
+            finish.done(usage, ttft, false);
             Ok(resp)
         })
     }
@@ -208,7 +209,10 @@ impl Finish {
         let route = notes.route.as_deref();
         let provider = self.served.as_ref().map(|s| &*s.provider);
         let model = self.served.as_ref().map(|s| &*s.model);
-        let attempts = self.served.as_ref().map_or(0, |s| s.attempts);
+        let attempts = self
+            .served
+            .as_ref()
+            .map_or(notes.attempts, |s| s.attempts.max(notes.attempts));
         let outcome = outcome(self.status, interrupted);
         self.obs.metrics.request_finished(&RequestDone {
             request_id: self.request_id.as_deref(),
@@ -249,8 +253,7 @@ impl Finish {
         );
         if let Some(m) = notes.models.first() {
             self.span.record("gen_ai.request.model", &**m);
-            self.span
-                .record("otel.name", format!("{} {m}", self.op.as_str()).as_str());
+            switchyard_telemetry::rename(&self.span, format!("{} {m}", self.op.as_str()));
         }
         if let Some(r) = route {
             self.span.record("switchyard.route", r);
@@ -261,7 +264,7 @@ impl Finish {
                 status: self.status,
                 attempts,
                 provider,
-                response_model: model,
+                response_model: self.served.as_ref().map(|s| &*s.upstream_model),
                 usage,
                 error_type: (outcome != "ok").then_some(outcome),
             },

@@ -40,6 +40,6 @@ pub use propagation::{continue_trace, extract_context, inject_context, inject_co
 pub use setup::{SCOPE, Telemetry, init};
 pub use spans::{
     AttemptSpanStart, GenAiOperation, RequestSpanEnd, RequestSpanStart, attempt_span, fields,
-    record_attempt, record_error, record_finish_reasons, record_request_end, record_usage,
+    record_attempt, record_error, record_finish_reasons, record_request_end, record_usage, rename,
     request_span,
 };

@@ -370,6 +370,15 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Renames a span that has already started (its OpenTelemetry name): the request span learns
+/// its model only after the stack resolved it, and a recorded `otel.name` is ignored once the
+/// span has started.
+pub fn rename(span: &Span, name: String) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    span.context().span().update_name(name);
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -157,7 +157,12 @@ async fn send(
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         } else {
-            // Not ours to reshape: the provider's own error, with its status, goes back as is.
+            // Not ours to reshape: the provider's own error, with its status, goes back as is
+            // — except our key, should the provider echo it (some quote the bad key back).
+            let bytes = match &provider.api_key {
+                Some(key) => redact(bytes, key.expose()),
+                None => bytes,
+            };
             let mut r = Response::new(ProxyBody::full(bytes));
             if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
                 r.headers_mut().insert(CONTENT_TYPE, ct.clone());
@@ -240,3 +245,47 @@ fn upstream_uri(provider: &switchyard_policy::Provider, path: &str) -> Result<Ur
 }
 
 use error::{InvalidKey, UnsupportedApi};
+
+/// `body` with every occurrence of `secret` replaced by `[redacted]`.
+pub fn redact(body: Bytes, secret: &str) -> Bytes {
+    let needle = secret.as_bytes();
+    if needle.is_empty() || body.len() < needle.len() {
+        return body;
+    }
+    let Some(first) = body.windows(needle.len()).position(|w| w == needle) else {
+        return body;
+    };
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(&body[..first]);
+    let mut rest = &body[first..];
+    while !rest.is_empty() {
+        if rest.starts_with(needle) {
+            out.extend_from_slice(b"[redacted]");
+            rest = &rest[needle.len()..];
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn every_occurrence_of_the_key_is_replaced() {
+        let body = Bytes::from_static(
+            b"{\"error\":{\"message\":\"Incorrect API key sk-abc123 (sk-abc123)\"}}",
+        );
+        let out = redact(body, "sk-abc123");
+        assert_eq!(
+            &out[..],
+            b"{\"error\":{\"message\":\"Incorrect API key [redacted] ([redacted])\"}}"
+        );
+        let clean = Bytes::from_static(b"nothing here");
+        assert_eq!(redact(clean.clone(), "sk-abc123"), clean);
+        assert_eq!(redact(clean.clone(), ""), clean);
+    }
+}
