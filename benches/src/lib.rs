@@ -5,10 +5,11 @@
 //! The benchmarks measure the proxy's CPU cost per request on realistic inputs: a ~2 KB chat
 //! request with tools and OpenRouter routing fields ([`chat_request`]), the 200-event stream
 //! and the completion an upstream answers it with ([`chat_stream_events`],
-//! [`chat_completion`]), error rendering, and the whole tower stack built by
-//! `switchyard_stack::proxy_with` over a [`CannedUpstream`] that does the real upstream's work
-//! minus the network. Each stack number comes with a direct-call baseline from the same run
-//! ([`direct_request`]), so the layers' overhead is a ratio, not a guess.
+//! [`chat_completion`]), error rendering, the routing decision over a 50-model policy, and the
+//! whole tower stack built by `switchyard_stack::proxy_with` over a [`CannedUpstream`] that
+//! does the real upstream's work minus the network. Each routing and stack number comes with a
+//! direct-call baseline from the same run ([`direct_request`] for the stack), so the overhead is
+//! a ratio, not a guess.
 //!
 //! This crate sits outside the proxy and is never part of it. It opens no sockets: network
 //! latency, TLS and hyper's own I/O are not measured here (the black-box tests and a load

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use switchyard_core::{
     BoxError, ContextInjector, Event, EventKind, EventSource, InboundApi, Notes, ProxyBody, Served,
     Usage,
@@ -63,9 +62,9 @@ impl ContextInjector for OtelInjector {
     }
 }
 
-impl<S> Service<Request<Incoming>> for Observe<S>
+impl<S, B> Service<Request<B>> for Observe<S>
 where
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -80,7 +79,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let path = req.uri().path();
         if path == GENERATION_PATH {
             let resp = generation(&self.obs.generations, &req);
@@ -150,7 +149,7 @@ fn header(resp: &Response<ProxyBody>, name: &str) -> Option<String> {
 }
 
 /// `GET /api/v1/generation?id=<request id>`.
-fn generation(store: &GenerationStore, req: &Request<Incoming>) -> Response<ProxyBody> {
+fn generation<B>(store: &GenerationStore, req: &Request<B>) -> Response<ProxyBody> {
     if req.method() != Method::GET {
         return error_response(
             InboundApi::OpenAi,
