@@ -415,6 +415,7 @@ where
             gen_ai.operation.name = op,
             gen_ai.provider.name = &*endpoint.provider.id,
             gen_ai.request.model = &*endpoint.upstream_model,
+            gen_ai.request.max_tokens = self.parsed.max_tokens().and_then(|n| i64::try_from(n).ok()),
             gen_ai.response.model = tracing::field::Empty,
             gen_ai.usage.input_tokens = tracing::field::Empty,
             gen_ai.usage.output_tokens = tracing::field::Empty,
@@ -423,6 +424,7 @@ where
             switchyard.outcome = tracing::field::Empty,
             switchyard.fallback_reason = self.last_class.map(Class::as_str),
             switchyard.cost_usd = tracing::field::Empty,
+            switchyard.usage_estimated = tracing::field::Empty,
             switchyard.ttft_ms = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
@@ -891,6 +893,7 @@ impl<S> Exec<S> {
                 i64::try_from(u.completion_tokens).unwrap_or(i64::MAX),
             );
             span.record("switchyard.cost_usd", u.cost);
+            span.record("switchyard.usage_estimated", u.estimated);
             span.record("gen_ai.response.model", &*meta.endpoint.upstream_model);
         }
         if class == Class::Success {
