@@ -163,6 +163,23 @@ pub fn is_lock(name: &str) -> bool {
         || name.contains("lock_contended")
 }
 
+/// Inclusive share from which a function counts as an outer layer of the request path (the
+/// accept loop, the outermost services): listing them says nothing about where time goes.
+pub const OUTER: f64 = 0.6;
+
+/// Whether a function belongs to Switchyard or to the instrumentation it runs on every
+/// request (tracing, OpenTelemetry, Prometheus).
+pub fn is_attributed(name: &str) -> bool {
+    [
+        "switchyard",
+        "tracing_subscriber",
+        "opentelemetry",
+        "prometheus",
+    ]
+    .iter()
+    .any(|c| name.contains(c))
+}
+
 /// What the report shows of a profile of `requests` requests.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Digest {
@@ -178,7 +195,9 @@ pub struct Digest {
     pub lock_calls_per_request: f64,
     /// The most expensive functions by self cost: name, instructions per request, share.
     pub top: Vec<(String, f64, f64)>,
-    /// Switchyard's own functions by inclusive cost: name, instructions per request, share.
+    /// Switchyard's and its instrumentation's functions by inclusive cost, leaving out the
+    /// outer layers every request runs inside (share of [`OUTER`] or more): name,
+    /// instructions per request, share.
     pub top_inclusive: Vec<(String, f64, f64)>,
 }
 
@@ -221,8 +240,9 @@ pub fn digest(p: &Profile, requests: u64, top: usize) -> Digest {
     names.dedup();
     let mut inclusive: Vec<(&String, u64)> = names
         .into_iter()
-        .filter(|n| n.contains("switchyard"))
+        .filter(|n| is_attributed(n))
         .map(|n| (n, p.inclusive(n)))
+        .filter(|&(_, c)| share(c) < OUTER)
         .collect();
     inclusive.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     Digest {
@@ -328,6 +348,16 @@ totals: 1000
             d.top_inclusive,
             [("switchyard::main".to_owned(), 225.0, 0.45)]
         );
+        // The outer layer (all of the cost) is left out; instrumentation is listed.
+        let p = parse(
+            "events: Ir\nfn=(1) switchyard::serve\n1 70\ncfn=(2) tracing_subscriber::x\ncalls=1 1\n1 30\nfn=(2)\n1 30\n",
+        );
+        let d = digest(&p, 1, 5);
+        assert_eq!(
+            d.top_inclusive,
+            [("tracing_subscriber::x".to_owned(), 30.0, 0.3)]
+        );
+        assert!(is_attributed("opentelemetry_sdk::x") && !is_attributed("hyper::x"));
     }
 
     #[test]

@@ -439,6 +439,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             let before = cpu(way.pid);
             let mut p = loadgen::open_loop(&client, &way.plain, &bodies, rate, bounds).await;
             let proxy_cpu = delta(before, cpu(way.pid));
+            let proxy_mem = way.pid.and_then(|pid| procfs::mem(pid).ok());
             reset_sims(&client, &sims).await;
             let row = OpenRow {
                 mode: way.mode,
@@ -448,6 +449,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
                 errors: p.errors,
                 not_sent: p.not_sent,
                 proxy_cpu,
+                proxy_mem,
                 elapsed: p.elapsed,
                 first_error: p.first_error.take(),
             };
