@@ -23,6 +23,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use tokio::runtime::Handle;
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{self, FilterExt};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -230,11 +231,21 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    // Log lines are events only. Letting the log layer see spans makes it keep every span's
+    // fields as formatted text and re-format them on each `Span::record` — the biggest CPU
+    // cost per request in the profile (benches/FINDINGS.md); every log line that matters
+    // (the access line above all) carries its own fields.
+    let events_only = filter.and(filter::filter_fn(|meta| meta.is_event()));
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     layers.push(if json {
-        fmt.json().flatten_event(true).with_filter(filter).boxed()
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_filter(events_only)
+            .boxed()
     } else {
-        fmt.with_ansi(ansi).with_filter(filter).boxed()
+        fmt.with_ansi(ansi).with_filter(events_only).boxed()
     });
     if let Some(tracer) = tracer {
         layers.push(
