@@ -60,6 +60,8 @@ pub struct EndpointHealth {
 struct State {
     /// Attempts in the order they were recorded; Neutral ones are never stored.
     ring: VecDeque<Sample>,
+    /// How many samples in `ring` are failures.
+    failures_in_ring: usize,
     consecutive_failures: u32,
     last_failure: Option<Instant>,
     scratch: Vec<f64>,
@@ -74,6 +76,7 @@ impl EndpointHealth {
             config,
             state: Mutex::new(State {
                 ring: VecDeque::new(),
+                failures_in_ring: 0,
                 consecutive_failures: 0,
                 last_failure: None,
                 scratch: Vec::new(),
@@ -101,28 +104,41 @@ impl EndpointHealth {
         let cfg = &*self.config;
         let mut state = self.lock();
         let capacity = cfg.max_samples.max(1);
-        while state.ring.len() >= capacity {
-            state.ring.pop_front();
-        }
         // Samples this old count in no statistic; dropping them keeps idle endpoints small.
         let horizon = cfg.window.max(cfg.outage_window);
-        while state
-            .ring
-            .front()
-            .is_some_and(|s| !within(sample.at, s.at, horizon))
+        while state.ring.len() >= capacity
+            || state
+                .ring
+                .front()
+                .is_some_and(|s| !within(sample.at, s.at, horizon))
         {
-            state.ring.pop_front();
+            if let Some(old) = state.ring.pop_front()
+                && old.outcome == Outcome::Failure
+            {
+                state.failures_in_ring = state.failures_in_ring.saturating_sub(1);
+            }
         }
         state.ring.push_back(sample);
         match sample.outcome {
             Outcome::Success => state.consecutive_failures = 0,
             Outcome::Failure => {
+                state.failures_in_ring += 1;
                 state.consecutive_failures = state.consecutive_failures.saturating_add(1);
                 state.last_failure = Some(sample.at);
             }
             Outcome::Neutral => {}
         }
-        let (until, recheck) = self.outage_span(&mut state);
+        // The common case, a success with no failure left in the ring, is answered in O(1):
+        // the streak was just broken and a ratio of zero failures is no outage (unless the
+        // threshold itself is zero), which is what `outage_span` would find in O(n log n).
+        let (until, recheck) = if sample.outcome == Outcome::Success
+            && state.failures_in_ring == 0
+            && cfg.outage_failure_ratio > 0.0
+        {
+            (i64::MIN, i64::MAX)
+        } else {
+            self.outage_span(&mut state)
+        };
         // Recheck first: a reader that sees the new `until` then sees the new `recheck` too.
         // One racing this record may still pair the old `until` with the new `recheck`; that
         // can only turn its one answer into a `false` that the next call corrects.
