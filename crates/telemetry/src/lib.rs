@@ -16,6 +16,7 @@
 mod config;
 mod error;
 mod generation;
+mod jsonlog;
 mod labels;
 mod metrics;
 mod propagation;

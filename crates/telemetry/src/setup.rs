@@ -238,10 +238,7 @@ where
     let events_only = filter.and(filter::filter_fn(|meta| meta.is_event()));
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     layers.push(if json {
-        fmt.json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
+        fmt.event_format(crate::jsonlog::JsonLines)
             .with_filter(events_only)
             .boxed()
     } else {
