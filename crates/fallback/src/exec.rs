@@ -14,7 +14,7 @@ use switchyard_core::{
     EventSource, Failure, ProxyBody, Served, SpendGuard,
 };
 use switchyard_policy::{Endpoint, Plan, Retry, Snapshot};
-use switchyard_wire::{Aggregator, BodyEdits, Operation, ParsedRequest};
+use switchyard_wire::{Aggregator, BodyEdits, Operation, ParsedRequest, Rewrite};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
@@ -551,8 +551,18 @@ where
 
         let op = self.parsed.operation();
         // A whole-body answer always carries usage, as OpenAI's does.
+        // The upstream passes the chunks of a forced stream on unrewritten
+        // (`Rewrite::aggregated`): the aggregate is rewritten for the caller instead.
+        let rewrite = Rewrite {
+            model: meta.endpoint.model.clone(),
+            provider: meta.endpoint.provider.id.clone(),
+            upstream_model: meta.endpoint.upstream_model.clone(),
+            pricing: meta.endpoint.pricing,
+            client_wants_usage: true,
+            aggregated: self.aggregate,
+        };
         let mut agg = Aggregator::new(op, self.aggregate || self.parsed.client_wants_usage())
-            .with_upstream_model(meta.endpoint.upstream_model.to_string());
+            .with_rewrite(&rewrite);
         let mut held: VecDeque<Event> = VecDeque::new();
         let read_all = (self.aggregate || self.buffer) && !continuing;
         let mut saw_done = false;
@@ -592,7 +602,11 @@ where
                         {
                             served.usage = Some(u);
                         }
-                        held.push_back(ev);
+                        // An aggregated answer is built from `agg` alone: its events are
+                        // never replayed, so they are not kept.
+                        if !(self.aggregate && read_all) {
+                            held.push_back(ev);
+                        }
                         // A chunk that only says why the answer stopped, with nothing before it,
                         // is the start of an empty completion, not its commit point.
                         let finish_only = agg.is_empty() && agg.finish_reason().is_some();

@@ -117,6 +117,8 @@ async fn send(
         pricing: endpoint.pricing,
         // A forced stream is aggregated by the fallback executor, which needs the usage chunk.
         client_wants_usage: parsed.client_wants_usage() || forced_stream,
+        // ... and builds the caller's body itself, so the chunks need no rewriting.
+        aggregated: forced_stream,
     };
 
     let is_sse = parts

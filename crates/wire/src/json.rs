@@ -100,6 +100,11 @@ fn dedup_last_wins(members: &mut Vec<Member<'_>>) {
     // hostile body with a million keys must not make parsing quadratic.
     const LINEAR_MAX: usize = 32;
     let n = members.len();
+    if n <= LINEAR_MAX && !(0..n).any(|i| members[i + 1..].iter().any(|m| m.key == members[i].key))
+    {
+        // The usual case, checked without allocating.
+        return;
+    }
     let mut keep = vec![true; n];
     let mut any_dup = false;
     if n <= LINEAR_MAX {

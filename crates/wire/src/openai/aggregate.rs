@@ -2,16 +2,17 @@
 //! forced on the upstream (so first-token and idle timeouts guard every request).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use switchyard_core::{Event, EventKind, Usage};
+use switchyard_core::{Event, EventKind, Pricing, Usage};
 
-use crate::Operation;
 use crate::error::WireError;
 use crate::json::{self, ObjectWriter, push_str_literal};
-use crate::openai::response::{malformed, upstream_error};
+use crate::openai::response::{malformed, upstream_error, write_usage as write_costed_usage};
+use crate::{Operation, Rewrite};
 
 /// More choices or tool calls than any real answer has: a hostile or broken upstream, which
 /// must not make the per-event lookup quadratic.
@@ -42,6 +43,9 @@ pub struct Aggregator {
     op: Operation,
     client_wants_usage: bool,
     upstream_model: Option<String>,
+    /// Set by [`Aggregator::with_rewrite`]: the body names this model and provider and
+    /// its usage is costed at these prices, whatever the chunks said.
+    rewrite: Option<(Arc<str>, Arc<str>, Pricing)>,
     id: Option<String>,
     created: Option<String>,
     model: Option<String>,
@@ -262,6 +266,7 @@ impl Aggregator {
             op,
             client_wants_usage,
             upstream_model: None,
+            rewrite: None,
             id: None,
             created: None,
             model: None,
@@ -284,6 +289,17 @@ impl Aggregator {
         self
     }
 
+    /// Rewrites the body for the caller as [`crate::OpenAiEventStream`] rewrites chunks:
+    /// `model` and `provider` from `rw`, `usage.cost` at `rw.pricing`, and
+    /// `metadata.upstream_model` as [`Self::with_upstream_model`] adds it. Needed for a stream
+    /// with [`Rewrite::aggregated`] set, whose chunks come as the upstream wrote them; a body
+    /// built from already rewritten chunks comes out the same with or without it.
+    pub fn with_rewrite(mut self, rw: &Rewrite) -> Self {
+        self.upstream_model = Some(rw.upstream_model.to_string());
+        self.rewrite = Some((rw.model.clone(), rw.provider.clone(), rw.pricing));
+        self
+    }
+
     /// Takes in one event of the stream, in order.
     ///
     /// Errors, which also make [`Self::finish`] fail: a chunk that is not the JSON a chat or
@@ -302,13 +318,24 @@ impl Aggregator {
         if event.kind == EventKind::Done || event.bytes.is_empty() {
             return Ok(());
         }
-        let data = sse_data(&event.bytes);
+        // Unframed JSON from a stream with `Rewrite::aggregated`, or a framed SSE event.
+        let data = if event.bytes.trim_ascii_start().first() == Some(&b'{') {
+            Cow::Borrowed(&event.bytes[..])
+        } else {
+            sse_data(&event.bytes)
+        };
         let data = data.trim_ascii();
         if data.is_empty() || data == b"[DONE]" {
             return Ok(());
         }
-        let result = serde_json::from_slice::<Chunk<'_>>(data)
-            .map_err(|e| malformed(format!("stream chunk: {e}")))
+        // Validated once here: parsing from a `str` lets serde borrow every raw value without
+        // checking its UTF-8 again, which parsing from bytes does for each one.
+        let result = std::str::from_utf8(data)
+            .map_err(|e| malformed(format!("invalid UTF-8: {e}")))
+            .and_then(|text| {
+                serde_json::from_str::<Chunk<'_>>(text)
+                    .map_err(|e| malformed(format!("stream chunk: {e}")))
+            })
             .and_then(|chunk| self.absorb(chunk));
         if let Err(err) = &result {
             self.failed = Some(err.clone());
@@ -412,9 +439,17 @@ impl Aggregator {
         };
         w.str("object", object);
         raw_or(&mut w, "created", self.created.as_deref(), "0");
-        raw_or(&mut w, "model", self.model.as_deref(), "\"\"");
-        if let Some(p) = &self.provider {
-            w.key("provider").extend_from_slice(p.as_bytes());
+        match &self.rewrite {
+            Some((model, provider, _)) => {
+                w.str("model", model);
+                w.str("provider", provider);
+            }
+            None => {
+                raw_or(&mut w, "model", self.model.as_deref(), "\"\"");
+                if let Some(p) = &self.provider {
+                    w.key("provider").extend_from_slice(p.as_bytes());
+                }
+            }
         }
         let choices = w.key("choices");
         choices.push(b'[');
@@ -430,7 +465,12 @@ impl Aggregator {
         choices.push(b']');
         if self.client_wants_usage {
             match (&self.usage_raw, &self.usage) {
-                (Some(raw), _) => w.key("usage").extend_from_slice(raw.as_bytes()),
+                (Some(raw), _) => match &self.rewrite {
+                    Some((_, _, pricing)) => {
+                        write_costed_usage(self.op, raw, pricing, w.key("usage"));
+                    }
+                    None => w.key("usage").extend_from_slice(raw.as_bytes()),
+                },
                 (None, Some(u)) => write_usage(w.key("usage"), u),
                 (None, None) => {}
             }

@@ -78,7 +78,7 @@ pub(crate) fn rewrite_object(
                 w.raw(m.key_raw.as_bytes(), m.value.get().as_bytes());
             }
             "usage" if json::is_object(m.value) => {
-                usage = Some(write_usage(op, m.value, &rw.pricing, w.key("usage")));
+                usage = Some(write_usage(op, m.value.get(), &rw.pricing, w.key("usage")));
             }
             _ => w.raw(m.key_raw.as_bytes(), m.value.get().as_bytes()),
         }
@@ -98,12 +98,18 @@ pub(crate) fn rewrite_object(
     usage
 }
 
-/// Copies a usage object, replacing any `cost` with ours, and returns what it reports.
-fn write_usage(op: Operation, usage: &RawValue, pricing: &Pricing, out: &mut Vec<u8>) -> Usage {
+/// Copies a usage object (raw JSON), replacing any `cost` with ours, and returns what it
+/// reports.
+pub(crate) fn write_usage(
+    op: Operation,
+    usage: &str,
+    pricing: &Pricing,
+    out: &mut Vec<u8>,
+) -> Usage {
     let mut prompt = 0;
     let mut completion = 0;
     let mut w = ObjectWriter::open(out);
-    let members = json::object_members(usage.get())
+    let members = json::object_members(usage)
         .ok()
         .flatten()
         .unwrap_or_default();
@@ -186,6 +192,7 @@ mod tests {
                 request: 0.001,
             },
             client_wants_usage,
+            aggregated: false,
         }
     }
 

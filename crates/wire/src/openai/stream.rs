@@ -12,7 +12,7 @@ use switchyard_core::{BoxError, Event, EventKind, EventSource, Failure};
 
 use crate::error::WireError;
 use crate::json::{self, ObjectWriter};
-use crate::openai::response::{Shape, malformed, rewrite_object};
+use crate::openai::response::{Shape, malformed, rewrite_object, write_usage};
 use crate::sse::{SseDecoder, SseError, SseEvent};
 use crate::{Operation, Rewrite};
 
@@ -166,6 +166,11 @@ fn convert(op: Operation, rw: &Rewrite, sse: SseEvent) -> Result<Option<Event>, 
         }));
     }
     let text = std::str::from_utf8(data).map_err(|e| malformed(format!("invalid UTF-8: {e}")))?;
+    if rw.aggregated
+        && let Some(ev) = unframed(op, rw, text, sse.data.slice_ref(data))
+    {
+        return Ok(Some(ev));
+    }
     let members = json::object_members(text)
         .map_err(|e| malformed(format!("stream chunk: {e}")))?
         .ok_or_else(|| malformed("stream chunk is not a JSON object"))?;
@@ -181,6 +186,47 @@ fn convert(op: Operation, rw: &Rewrite, sse: SseEvent) -> Result<Option<Event>, 
     Ok(Some(Event { bytes, kind, usage }))
 }
 
+/// A chunk for an aggregator ([`Rewrite::aggregated`]): classified and metered in one typed
+/// pass and passed on as written. `None` for anything that pass cannot vouch for (an error
+/// member, a chunk that is not an object, duplicate keys, odd choices), which then takes the
+/// general path and is classified and framed exactly as there.
+fn unframed(op: Operation, rw: &Rewrite, text: &str, data: Bytes) -> Option<Event> {
+    #[derive(serde::Deserialize)]
+    struct ChunkOutline<'a> {
+        #[serde(borrow, default)]
+        error: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        usage: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        choices: Option<Vec<ChoiceOutput<'a>>>,
+    }
+    if json::first_byte(text) != Some(b'{') {
+        return None;
+    }
+    let chunk: ChunkOutline<'_> = serde_json::from_str(text).ok()?;
+    if chunk.error.is_some() {
+        return None;
+    }
+    let choices = chunk.choices.unwrap_or_default();
+    let usage = chunk.usage.filter(|u| json::is_object(u)).map(|u| {
+        let mut scratch = Vec::new();
+        write_usage(op, u.get(), &rw.pricing, &mut scratch)
+    });
+    let kind = if choices.iter().any(|c| c.has_output(op)) {
+        EventKind::Output
+    } else if choices.is_empty() && usage.is_some() {
+        EventKind::Usage
+    } else {
+        EventKind::Preamble
+    };
+    let bytes = if kind == EventKind::Usage && !rw.client_wants_usage {
+        Bytes::new()
+    } else {
+        data
+    };
+    Some(Event { bytes, kind, usage })
+}
+
 fn classify(op: Operation, members: &[json::Member<'_>]) -> EventKind {
     let mut choices = 0usize;
     let mut output = false;
@@ -189,13 +235,7 @@ fn classify(op: Operation, members: &[json::Member<'_>]) -> EventKind {
         match m.key.as_ref() {
             "error" if !json::is_null(m.value) => return EventKind::Error,
             "usage" => usage = json::is_object(m.value),
-            "choices" => {
-                choices = 0;
-                let _ = json::for_each_element(m.value.get(), |c| {
-                    choices += 1;
-                    output |= choice_has_output(op, c);
-                });
-            }
+            "choices" => (choices, output) = choices_output(op, m.value),
             _ => {}
         }
     }
@@ -205,6 +245,71 @@ fn classify(op: Operation, members: &[json::Member<'_>]) -> EventKind {
         EventKind::Usage
     } else {
         EventKind::Preamble
+    }
+}
+
+/// How many choices `choices` holds, and whether any of them carries model output.
+///
+/// One typed pass over the array in the common case; an array the typed pass rejects
+/// (elements that are not objects, duplicate keys) is walked member by member instead, so
+/// odd chunks are classified exactly as before.
+fn choices_output(op: Operation, choices: &RawValue) -> (usize, bool) {
+    if let Ok(typed) = serde_json::from_str::<Vec<ChoiceOutput<'_>>>(choices.get()) {
+        let output = typed.iter().any(|c| c.has_output(op));
+        return (typed.len(), output);
+    }
+    let mut count = 0usize;
+    let mut output = false;
+    let _ = json::for_each_element(choices.get(), |c| {
+        count += 1;
+        output |= choice_has_output(op, c);
+    });
+    (count, output)
+}
+
+/// The members of a streamed choice that say whether it carries output; the rest is skipped.
+#[derive(serde::Deserialize)]
+struct ChoiceOutput<'a> {
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    delta: Option<DeltaOutput<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeltaOutput<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    refusal: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    function_call: Option<&'a RawValue>,
+}
+
+impl ChoiceOutput<'_> {
+    /// The same verdict as [`choice_has_output`] (a `null` member deserializes to `None`).
+    fn has_output(&self, op: Operation) -> bool {
+        let text = |v: Option<&RawValue>| {
+            v.is_some_and(|v| json::is_nonempty_string(v) || json::is_nonempty_array(v))
+        };
+        self.finish_reason.is_some()
+            || (op == Operation::Completions && self.text.is_some_and(json::is_nonempty_string))
+            || self.delta.as_ref().is_some_and(|d| {
+                text(d.content)
+                    || text(d.refusal)
+                    || text(d.reasoning)
+                    || text(d.reasoning_content)
+                    || d.tool_calls.is_some_and(json::is_nonempty_array)
+                    || d.function_call.is_some()
+            })
     }
 }
 
@@ -346,6 +451,7 @@ mod tests {
                 request: 0.0,
             },
             client_wants_usage,
+            aggregated: false,
         }
     }
 
@@ -826,5 +932,49 @@ mod tests {
         let evs = events(collect(&mut s));
         assert_eq!(evs[0].kind, EventKind::Error);
         assert_eq!(evs[0].bytes, ev);
+    }
+
+    /// The typed pass and the member-by-member walk agree on every shape of `choices`.
+    #[test]
+    fn typed_choice_classification_matches_the_walk() {
+        let choices = [
+            r#"[]"#,
+            r#"[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{},"finish_reason":"stop"}]"#,
+            r#"[{"index":0,"delta":{"content":null,"refusal":"no"}}]"#,
+            r#"[{"index":0,"delta":{"reasoning":"hmm"}}]"#,
+            r#"[{"index":0,"delta":{"reasoning_content":""}}]"#,
+            r#"[{"index":0,"delta":{"content":[{"type":"text","text":"a"}]}}]"#,
+            r#"[{"index":0,"delta":{"content":[]}}]"#,
+            r#"[{"index":0,"delta":{"tool_calls":[]}}]"#,
+            r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c"}]}}]"#,
+            r#"[{"index":0,"delta":{"function_call":null}}]"#,
+            r#"[{"index":0,"delta":{"function_call":{"name":"f"}}}]"#,
+            r#"[{"index":0,"delta":null}]"#,
+            r#"[{"index":0,"delta":"odd"}]"#,
+            r#"[{"index":0,"text":"x"}]"#,
+            r#"[{"index":0,"text":""}]"#,
+            r#"[{"index":0,"text":null,"logprobs":{"tokens":["a"]}}]"#,
+            r#"[{"index":0,"delta":{}},{"index":1,"delta":{"content":"b"}}]"#,
+            r#"[1,{"index":0,"delta":{"content":"b"}}]"#,
+            r#"[{"delta":{"content":""},"delta":{"content":"dup"}}]"#,
+            r#"[{"finish_reason":null,"finish_reason":"stop"}]"#,
+            r#"{"not":"an array"}"#,
+            r#""text""#,
+            r#"null"#,
+        ];
+        for op in [Operation::ChatCompletions, Operation::Completions] {
+            for text in choices {
+                let raw: &RawValue = serde_json::from_str(text).unwrap();
+                let mut count = 0usize;
+                let mut output = false;
+                let _ = json::for_each_element(raw.get(), |c| {
+                    count += 1;
+                    output |= choice_has_output(op, c);
+                });
+                assert_eq!(choices_output(op, raw), (count, output), "{op:?} {text}");
+            }
+        }
     }
 }

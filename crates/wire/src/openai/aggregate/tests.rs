@@ -22,11 +22,24 @@ fn rw(client_wants_usage: bool) -> Rewrite {
             request: 0.0,
         },
         client_wants_usage,
+        aggregated: false,
     }
+}
+
+thread_local! {
+    /// The last body `events_of` adapted, so `aggregate` can build the same answer again
+    /// from an unframed stream (`Rewrite::aggregated`) and compare.
+    static LAST: std::cell::RefCell<Option<(Operation, String, Rewrite)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The events our own stream adapter makes of an upstream SSE body.
 fn events_of(op: Operation, sse: &str, rw: Rewrite) -> Vec<Event> {
+    LAST.with(|l| *l.borrow_mut() = Some((op, sse.to_owned(), rw.clone())));
+    adapt(op, sse, rw)
+}
+
+fn adapt(op: Operation, sse: &str, rw: Rewrite) -> Vec<Event> {
     let body = Full::new(Bytes::from(sse.to_owned()));
     let mut s = Box::pin(OpenAiEventStream::new(body, op, rw, 1 << 16));
     let mut cx = Context::from_waker(Waker::noop());
@@ -55,9 +68,39 @@ fn aggregate(op: Operation, events: &[Event], wants: bool) -> (Aggregated, Value
         agg.push(ev).unwrap();
     }
     let out = agg.finish().unwrap();
-    let v = serde_json::from_slice(&out.body)
+    let v: Value = serde_json::from_slice(&out.body)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.body)));
+    if wants && let Some((last_op, sse, rw)) = LAST.with(|l| l.borrow_mut().take()) {
+        assert_eq!(last_op, op);
+        let unframed = unframed_aggregate(op, &sse, rw);
+        if v["model"] == "" {
+            // No chunk named a model: the rewriting aggregator still names the served one.
+            let u: Value = serde_json::from_slice(&unframed.body).unwrap();
+            assert_eq!(u["model"], "fast-chat");
+            assert_eq!(u["provider"], "acme");
+        } else {
+            assert_eq!(unframed, out, "{sse}");
+        }
+    }
     (out, v)
+}
+
+/// The answer built from the stream adapted with `Rewrite::aggregated`, whose chunks come
+/// unframed and unrewritten, by an aggregator that rewrites the body.
+fn unframed_aggregate(op: Operation, sse: &str, rw: Rewrite) -> Aggregated {
+    let rw = Rewrite {
+        aggregated: true,
+        ..rw
+    };
+    let events = adapt(op, sse, rw.clone());
+    let mut agg = Aggregator::new(op, true).with_rewrite(&rw);
+    for ev in &events {
+        if ev.kind != EventKind::Done {
+            assert!(ev.bytes.is_empty() || ev.bytes.starts_with(b"{"), "{ev:?}");
+        }
+        agg.push(ev).unwrap();
+    }
+    agg.finish().unwrap()
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> Value {
