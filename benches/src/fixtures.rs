@@ -259,6 +259,5 @@ pub fn rewrite(client_wants_usage: bool) -> Rewrite {
         upstream_model: Arc::from(UPSTREAM_MODEL),
         pricing: pricing(),
         client_wants_usage,
-        aggregated: false,
     }
 }

@@ -155,7 +155,6 @@ impl CannedUpstream {
             upstream_model: endpoint.upstream_model.clone(),
             pricing: endpoint.pricing,
             client_wants_usage: parsed.client_wants_usage(),
-            aggregated: false,
         };
         let mut served = Served {
             endpoint: endpoint.id.clone(),

@@ -14,7 +14,9 @@ use switchyard_core::{
     EventSource, Failure, ProxyBody, Served, SpendGuard,
 };
 use switchyard_policy::{Endpoint, Plan, Retry, Snapshot};
-use switchyard_wire::{Aggregator, BodyEdits, Operation, ParsedRequest, Rewrite};
+use switchyard_wire::{
+    AggregateSink, Aggregator, BodyEdits, Operation, ParsedRequest, Rewrite, WireError,
+};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
@@ -128,6 +130,61 @@ pub(crate) struct AttemptMeta {
     pub(crate) reservation: Option<u32>,
     /// The attempt's span (OpenTelemetry GenAI client span once exported).
     pub(crate) span: tracing::Span,
+    /// Where the upstream adapter folds the chunks of an answer aggregated for the caller.
+    pub(crate) sink: Option<AggregateSink>,
+}
+
+/// The attempt's aggregate: fed here from the events, or by the stream adapter into a sink
+/// (each chunk parsed once), in which case the events carry only their kind and usage.
+enum Agg {
+    Local(Box<Aggregator>),
+    Sink(AggregateSink),
+}
+
+impl Agg {
+    fn push(&mut self, ev: &Event) -> Result<(), WireError> {
+        match self {
+            Agg::Local(a) => a.push(ev),
+            // An event without bytes was folded in by the adapter; one with bytes (an inner
+            // service that passed the stream on) is folded in here.
+            Agg::Sink(s) if !ev.bytes.is_empty() => s.with(|a| a.push(ev)).unwrap_or(Ok(())),
+            Agg::Sink(_) => Ok(()),
+        }
+    }
+
+    fn read<R: Default>(&self, f: impl FnOnce(&Aggregator) -> R) -> R {
+        match self {
+            Agg::Local(a) => f(a),
+            Agg::Sink(s) => s.with(|a| f(a)).unwrap_or_default(),
+        }
+    }
+
+    fn output_events(&self) -> u64 {
+        self.read(Aggregator::output_events)
+    }
+
+    /// No content yet; a sink already taken counts as empty.
+    fn is_empty(&self) -> bool {
+        match self {
+            Agg::Local(a) => a.is_empty(),
+            Agg::Sink(s) => s.with(|a| a.is_empty()).unwrap_or(true),
+        }
+    }
+
+    fn has_finish_reason(&self) -> bool {
+        self.read(|a| a.finish_reason().is_some())
+    }
+
+    fn usage(&self) -> Option<switchyard_core::Usage> {
+        self.read(Aggregator::usage)
+    }
+
+    fn into_aggregator(self, op: Operation) -> Aggregator {
+        match self {
+            Agg::Local(a) => *a,
+            Agg::Sink(s) => s.take().unwrap_or_else(|| Aggregator::new(op, true)),
+        }
+    }
 }
 
 impl<S> Exec<S>
@@ -388,6 +445,13 @@ where
                 }
             }
         }
+        // A whole body is built by the upstream adapter as it parses each chunk (nothing of
+        // the stream is passed on), unless the answer continues one the client already sees.
+        let sink = (self.aggregate && !continuing).then(|| {
+            let sink = AggregateSink::new(self.aggregator(endpoint));
+            extensions.insert(sink.clone());
+            sink
+        });
         if self.aggregate || continuing || max_tokens.is_some() {
             // Compat, inside, merges its per-endpoint edits into these.
             extensions.insert(BodyEdits {
@@ -436,6 +500,7 @@ where
             ttft: None,
             reservation,
             span: span.clone(),
+            sink,
         };
         let result = match self.inner.clone().ready_oneshot().await {
             Ok(svc) => svc.oneshot(req).instrument(span).await,
@@ -550,19 +615,10 @@ where
         };
 
         let op = self.parsed.operation();
-        // A whole-body answer always carries usage, as OpenAI's does.
-        // The upstream passes the chunks of a forced stream on unrewritten
-        // (`Rewrite::aggregated`): the aggregate is rewritten for the caller instead.
-        let rewrite = Rewrite {
-            model: meta.endpoint.model.clone(),
-            provider: meta.endpoint.provider.id.clone(),
-            upstream_model: meta.endpoint.upstream_model.clone(),
-            pricing: meta.endpoint.pricing,
-            client_wants_usage: true,
-            aggregated: self.aggregate,
+        let mut agg = match &meta.sink {
+            Some(sink) => Agg::Sink(sink.clone()),
+            None => Agg::Local(Box::new(self.aggregator(&meta.endpoint))),
         };
-        let mut agg = Aggregator::new(op, self.aggregate || self.parsed.client_wants_usage())
-            .with_rewrite(&rewrite);
         let mut held: VecDeque<Event> = VecDeque::new();
         let read_all = (self.aggregate || self.buffer) && !continuing;
         let mut saw_done = false;
@@ -609,14 +665,14 @@ where
                         }
                         // A chunk that only says why the answer stopped, with nothing before it,
                         // is the start of an empty completion, not its commit point.
-                        let finish_only = agg.is_empty() && agg.finish_reason().is_some();
+                        let finish_only = agg.is_empty() && agg.has_finish_reason();
                         if kind == EventKind::Output && meta.ttft.is_none() && !finish_only {
                             meta.ttft = Some(meta.sent_at.elapsed());
                             if !read_all {
                                 return Verdict::Committed {
                                     held,
                                     source,
-                                    agg,
+                                    agg: agg.into_aggregator(op),
                                     meta: meta.clone(),
                                     served,
                                     parts,
@@ -644,7 +700,7 @@ where
 
         if agg.output_events() == 0 || agg.is_empty() {
             return Verdict::Failed {
-                class: if saw_done || agg.finish_reason().is_some() {
+                class: if saw_done || agg.has_finish_reason() {
                     Class::EmptyCompletion
                 } else {
                     Class::ResetAfterWrite
@@ -655,7 +711,7 @@ where
                 response: None,
             };
         }
-        if !saw_done && agg.finish_reason().is_none() {
+        if !saw_done && !agg.has_finish_reason() {
             return Verdict::Failed {
                 class: Class::ResetAfterWrite,
                 status: Some(status.as_u16()),
@@ -668,7 +724,7 @@ where
             served.usage = Some(self.estimated_usage(meta, agg.output_events()));
         }
         if self.aggregate {
-            return match agg.finish() {
+            return match agg.into_aggregator(op).finish() {
                 Ok(done) => {
                     served.usage = done.usage.or(served.usage);
                     parts
@@ -844,6 +900,23 @@ impl<S> Exec<S> {
     }
 
     /// Usage to report when the upstream reported none: marked estimated.
+    /// A fresh aggregate of one attempt's answer, rewritten for the caller (served model,
+    /// provider and cost). A whole-body answer always carries usage, as OpenAI's does.
+    fn aggregator(&self, endpoint: &Endpoint) -> Aggregator {
+        let rewrite = Rewrite {
+            model: endpoint.model.clone(),
+            provider: endpoint.provider.id.clone(),
+            upstream_model: endpoint.upstream_model.clone(),
+            pricing: endpoint.pricing,
+            client_wants_usage: true,
+        };
+        Aggregator::new(
+            self.parsed.operation(),
+            self.aggregate || self.parsed.client_wants_usage(),
+        )
+        .with_rewrite(&rewrite)
+    }
+
     pub(crate) fn estimated_usage(
         &self,
         meta: &AttemptMeta,

@@ -24,7 +24,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use switchyard_core::{BoxError, Failure, ProxyBody, Served};
 use switchyard_policy::{Api, Endpoint, Snapshot};
-use switchyard_wire::{BodyEdits, OpenAiEventStream, ParsedRequest, Rewrite};
+use switchyard_wire::{AggregateSink, BodyEdits, OpenAiEventStream, ParsedRequest, Rewrite};
 use tower::Service;
 
 pub use client::{ClientConfig, Clients};
@@ -82,6 +82,7 @@ async fn send(
         .get::<Arc<dyn switchyard_core::ContextInjector>>()
         .cloned();
     let forced_stream = req_edits.as_ref().is_some_and(|e| e.force_stream);
+    let sink = req.extensions().get::<AggregateSink>().cloned();
     let parsed = req.into_body();
     let op = parsed.operation();
     let provider = &endpoint.provider;
@@ -117,8 +118,6 @@ async fn send(
         pricing: endpoint.pricing,
         // A forced stream is aggregated by the fallback executor, which needs the usage chunk.
         client_wants_usage: parsed.client_wants_usage() || forced_stream,
-        // ... and builds the caller's body itself, so the chunks need no rewriting.
-        aggregated: forced_stream,
     };
 
     let is_sse = parts
@@ -128,7 +127,10 @@ async fn send(
         .is_some_and(|v| v.starts_with("text/event-stream"));
 
     let mut out = if status.is_success() && is_sse {
-        let events = OpenAiEventStream::new(body, op, rewrite, usize_cap(max_line));
+        let mut events = OpenAiEventStream::new(body, op, rewrite, usize_cap(max_line));
+        if let Some(sink) = sink {
+            events = events.with_sink(sink);
+        }
         let mut r = Response::new(ProxyBody::events(events));
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

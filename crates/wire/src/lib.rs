@@ -37,8 +37,8 @@ use switchyard_core::Pricing;
 pub use classify::{Verdict, classify_error_event, classify_response, retry_after};
 pub use error::{RequestError, WireError};
 pub use openai::{
-    Aggregated, Aggregator, BodyEdits, OpenAiEventStream, ParsedRequest, error_event,
-    rewrite_response,
+    AggregateSink, Aggregated, Aggregator, BodyEdits, OpenAiEventStream, ParsedRequest,
+    error_event, rewrite_response,
 };
 pub use sse::{SseDecoder, SseError, SseEvent};
 
@@ -102,11 +102,6 @@ pub struct Rewrite {
     pub pricing: Pricing,
     /// Whether the caller asked for the usage chunk; when not, it is metered but not shown.
     pub client_wants_usage: bool,
-    /// The stream only feeds an [`Aggregator`] built with [`Aggregator::with_rewrite`] (the
-    /// caller asked for a whole body): chunks are classified and metered but passed on as
-    /// the upstream wrote them, unframed, and the aggregator rewrites the body it builds.
-    /// In-band errors and `[DONE]` are framed as always.
-    pub aggregated: bool,
 }
 
 #[cfg(test)]

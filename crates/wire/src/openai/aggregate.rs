@@ -2,7 +2,7 @@
 //! forced on the upstream (so first-token and idle timeouts guard every request).
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -103,7 +103,13 @@ struct Logprobs {
 }
 
 #[derive(Deserialize)]
-struct Chunk<'a> {
+pub(crate) struct Chunk<'a> {
+    #[serde(borrow, default)]
+    pub(crate) error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub(crate) usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub(crate) choices: Option<Vec<ChoiceChunk<'a>>>,
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -118,16 +124,56 @@ struct Chunk<'a> {
     service_tier: Option<&'a RawValue>,
     #[serde(borrow, default)]
     metadata: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    usage: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    error: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    choices: Option<Vec<ChoiceChunk<'a>>>,
+}
+
+impl ChoiceChunk<'_> {
+    /// Whether this choice carries model output: the verdict the stream adapter's
+    /// member-by-member classification gives (a `null` member deserializes to `None`).
+    pub(crate) fn has_output(&self, op: Operation) -> bool {
+        let text = |v: Option<&RawValue>| {
+            v.is_some_and(|v| json::is_nonempty_string(v) || json::is_nonempty_array(v))
+        };
+        self.finish_reason.is_some()
+            || (op == Operation::Completions && self.text.is_some_and(json::is_nonempty_string))
+            || self.delta.as_ref().is_some_and(|d| {
+                text(d.content)
+                    || text(d.refusal)
+                    || text(d.reasoning)
+                    || text(d.reasoning_content)
+                    || d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+                    || d.function_call.is_some()
+            })
+    }
+}
+
+/// An [`Aggregator`] shared between a stream adapter (attached with
+/// [`crate::OpenAiEventStream::with_sink`]), which parses each chunk once and folds it in,
+/// and the caller that reads the stream's events for their kinds and takes the aggregate at
+/// the end: for a caller that wants a whole body, not the stream. Events of such a stream
+/// carry no bytes but for `[DONE]` and in-band errors, which are not folded in.
+#[derive(Clone, Debug)]
+pub struct AggregateSink(Arc<Mutex<Option<Aggregator>>>);
+
+impl AggregateSink {
+    pub fn new(agg: Aggregator) -> Self {
+        Self(Arc::new(Mutex::new(Some(agg))))
+    }
+
+    /// Runs `f` on the aggregator; `None` once it was taken.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Aggregator) -> R) -> Option<R> {
+        // Nothing under this lock panics halfway through an update.
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.as_mut().map(f)
+    }
+
+    /// Takes the aggregator out; chunks the stream reads after this are dropped.
+    pub fn take(&self) -> Option<Aggregator> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 #[derive(Deserialize)]
-struct ChoiceChunk<'a> {
+pub(crate) struct ChoiceChunk<'a> {
     #[serde(default)]
     index: Option<u32>,
     #[serde(borrow, default)]
@@ -144,7 +190,7 @@ struct ChoiceChunk<'a> {
 }
 
 #[derive(Deserialize)]
-struct Delta<'a> {
+pub(crate) struct Delta<'a> {
     #[serde(borrow, default)]
     role: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -164,7 +210,7 @@ struct Delta<'a> {
 }
 
 #[derive(Deserialize)]
-struct ToolCallChunk<'a> {
+pub(crate) struct ToolCallChunk<'a> {
     #[serde(default)]
     index: Option<u32>,
     #[serde(borrow, default)]
@@ -176,7 +222,7 @@ struct ToolCallChunk<'a> {
 }
 
 #[derive(Deserialize)]
-struct FunctionChunk<'a> {
+pub(crate) struct FunctionChunk<'a> {
     #[serde(borrow, default)]
     name: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -291,9 +337,9 @@ impl Aggregator {
 
     /// Rewrites the body for the caller as [`crate::OpenAiEventStream`] rewrites chunks:
     /// `model` and `provider` from `rw`, `usage.cost` at `rw.pricing`, and
-    /// `metadata.upstream_model` as [`Self::with_upstream_model`] adds it. Needed for a stream
-    /// with [`Rewrite::aggregated`] set, whose chunks come as the upstream wrote them; a body
-    /// built from already rewritten chunks comes out the same with or without it.
+    /// `metadata.upstream_model` as [`Self::with_upstream_model`] adds it. Needed in an
+    /// [`AggregateSink`], which is fed the chunks as the upstream wrote them; a body built
+    /// from already rewritten chunks comes out the same with or without it.
     pub fn with_rewrite(mut self, rw: &Rewrite) -> Self {
         self.upstream_model = Some(rw.upstream_model.to_string());
         self.rewrite = Some((rw.model.clone(), rw.provider.clone(), rw.pricing));
@@ -309,21 +355,11 @@ impl Aggregator {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
-        if event.kind == EventKind::Output {
-            self.output_events += 1;
-        }
-        if let Some(usage) = event.usage {
-            self.usage = Some(usage);
-        }
+        self.count(event.kind, event.usage);
         if event.kind == EventKind::Done || event.bytes.is_empty() {
             return Ok(());
         }
-        // Unframed JSON from a stream with `Rewrite::aggregated`, or a framed SSE event.
-        let data = if event.bytes.trim_ascii_start().first() == Some(&b'{') {
-            Cow::Borrowed(&event.bytes[..])
-        } else {
-            sse_data(&event.bytes)
-        };
+        let data = sse_data(&event.bytes);
         let data = data.trim_ascii();
         if data.is_empty() || data == b"[DONE]" {
             return Ok(());
@@ -341,6 +377,34 @@ impl Aggregator {
             self.failed = Some(err.clone());
         }
         result
+    }
+
+    /// [`Self::push`] for a chunk the stream adapter already parsed (its event's `kind` and
+    /// `usage` found from the same parse), so it is parsed once.
+    pub(crate) fn push_parsed(
+        &mut self,
+        kind: EventKind,
+        usage: Option<Usage>,
+        chunk: Chunk<'_>,
+    ) -> Result<(), WireError> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        self.count(kind, usage);
+        let result = self.absorb(chunk);
+        if let Err(err) = &result {
+            self.failed = Some(err.clone());
+        }
+        result
+    }
+
+    fn count(&mut self, kind: EventKind, usage: Option<Usage>) {
+        if kind == EventKind::Output {
+            self.output_events += 1;
+        }
+        if let Some(usage) = usage {
+            self.usage = Some(usage);
+        }
     }
 
     fn absorb(&mut self, chunk: Chunk<'_>) -> Result<(), WireError> {

@@ -6,7 +6,7 @@ mod request;
 mod response;
 mod stream;
 
-pub use aggregate::{Aggregated, Aggregator};
+pub use aggregate::{AggregateSink, Aggregated, Aggregator};
 pub use request::{BodyEdits, ParsedRequest};
 pub use response::rewrite_response;
 pub use stream::{OpenAiEventStream, error_event};

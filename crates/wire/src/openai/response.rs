@@ -192,7 +192,6 @@ mod tests {
                 request: 0.001,
             },
             client_wants_usage,
-            aggregated: false,
         }
     }
 

@@ -12,6 +12,7 @@ use switchyard_core::{BoxError, Event, EventKind, EventSource, Failure};
 
 use crate::error::WireError;
 use crate::json::{self, ObjectWriter};
+use crate::openai::aggregate::{AggregateSink, Chunk};
 use crate::openai::response::{Shape, malformed, rewrite_object, write_usage};
 use crate::sse::{SseDecoder, SseError, SseEvent};
 use crate::{Operation, Rewrite};
@@ -43,6 +44,7 @@ pin_project! {
         op: Operation,
         rw: Rewrite,
         state: State,
+        sink: Option<AggregateSink>,
     }
 }
 
@@ -56,7 +58,16 @@ impl<B> OpenAiEventStream<B> {
             op,
             rw,
             state: State::Reading,
+            sink: None,
         }
+    }
+
+    /// Folds every chunk into `sink`'s aggregator, parsing it once, instead of passing it
+    /// on: the events keep their kind and usage but carry no bytes, except `[DONE]` and
+    /// in-band errors. For a caller that asked for a whole body.
+    pub fn with_sink(mut self, sink: AggregateSink) -> Self {
+        self.sink = Some(sink);
+        self
     }
 }
 
@@ -91,7 +102,7 @@ where
                 State::Flushing => this.decoder.finish(),
             };
             match decoded {
-                Ok(Some(sse)) => match convert(*this.op, this.rw, sse) {
+                Ok(Some(sse)) => match convert(*this.op, this.rw, sse, this.sink.as_ref()) {
                     Ok(Some(ev)) => {
                         if ev.kind == EventKind::Done {
                             // Anything after [DONE] is ignored by every client, and an upstream
@@ -153,7 +164,34 @@ where
 }
 
 /// Turns one upstream SSE event into the caller's event; `None` for an event with no data.
-fn convert(op: Operation, rw: &Rewrite, sse: SseEvent) -> Result<Option<Event>, WireError> {
+///
+/// With a sink, chunks are folded into its aggregator instead of being passed on (see
+/// [`AggregateSink`]).
+fn convert(
+    op: Operation,
+    rw: &Rewrite,
+    sse: SseEvent,
+    sink: Option<&AggregateSink>,
+) -> Result<Option<Event>, WireError> {
+    match (sink, convert_event(op, rw, sse, sink)?) {
+        (Some(sink), Some(mut ev))
+            if !matches!(ev.kind, EventKind::Done | EventKind::Error) && !ev.bytes.is_empty() =>
+        {
+            // A chunk the typed pass could not take: folded in from its rewritten bytes.
+            sink.with(|agg| agg.push(&ev)).transpose()?;
+            ev.bytes = Bytes::new();
+            Ok(Some(ev))
+        }
+        (_, ev) => Ok(ev),
+    }
+}
+
+fn convert_event(
+    op: Operation,
+    rw: &Rewrite,
+    sse: SseEvent,
+    sink: Option<&AggregateSink>,
+) -> Result<Option<Event>, WireError> {
     let data = sse.data.trim_ascii();
     if data.is_empty() {
         return Ok(None);
@@ -166,8 +204,8 @@ fn convert(op: Operation, rw: &Rewrite, sse: SseEvent) -> Result<Option<Event>, 
         }));
     }
     let text = std::str::from_utf8(data).map_err(|e| malformed(format!("invalid UTF-8: {e}")))?;
-    if rw.aggregated
-        && let Some(ev) = unframed(op, rw, text, sse.data.slice_ref(data))
+    if let Some(sink) = sink
+        && let Some(ev) = absorb(op, rw, text, sink)?
     {
         return Ok(Some(ev));
     }
@@ -186,32 +224,31 @@ fn convert(op: Operation, rw: &Rewrite, sse: SseEvent) -> Result<Option<Event>, 
     Ok(Some(Event { bytes, kind, usage }))
 }
 
-/// A chunk for an aggregator ([`Rewrite::aggregated`]): classified and metered in one typed
-/// pass and passed on as written. `None` for anything that pass cannot vouch for (an error
-/// member, a chunk that is not an object, duplicate keys, odd choices), which then takes the
-/// general path and is classified and framed exactly as there.
-fn unframed(op: Operation, rw: &Rewrite, text: &str, data: Bytes) -> Option<Event> {
-    #[derive(serde::Deserialize)]
-    struct ChunkOutline<'a> {
-        #[serde(borrow, default)]
-        error: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        usage: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        choices: Option<Vec<ChoiceOutput<'a>>>,
-    }
+/// A chunk parsed once, classified, metered and folded into the sink's aggregator; its event
+/// carries no bytes. `Ok(None)` for anything the typed parse cannot vouch for (an `error`
+/// member, a chunk that is not an object, duplicate keys, odd shapes), which then takes the
+/// general path and is classified exactly as there. An error is the aggregator's verdict on
+/// the chunk (too many choices, say).
+fn absorb(
+    op: Operation,
+    rw: &Rewrite,
+    text: &str,
+    sink: &AggregateSink,
+) -> Result<Option<Event>, WireError> {
     if json::first_byte(text) != Some(b'{') {
-        return None;
+        return Ok(None);
     }
-    let chunk: ChunkOutline<'_> = serde_json::from_str(text).ok()?;
+    let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(text) else {
+        return Ok(None);
+    };
     if chunk.error.is_some() {
-        return None;
+        return Ok(None);
     }
-    let choices = chunk.choices.unwrap_or_default();
     let usage = chunk.usage.filter(|u| json::is_object(u)).map(|u| {
         let mut scratch = Vec::new();
         write_usage(op, u.get(), &rw.pricing, &mut scratch)
     });
+    let choices = chunk.choices.as_deref().unwrap_or_default();
     let kind = if choices.iter().any(|c| c.has_output(op)) {
         EventKind::Output
     } else if choices.is_empty() && usage.is_some() {
@@ -219,12 +256,19 @@ fn unframed(op: Operation, rw: &Rewrite, text: &str, data: Bytes) -> Option<Even
     } else {
         EventKind::Preamble
     };
-    let bytes = if kind == EventKind::Usage && !rw.client_wants_usage {
-        Bytes::new()
-    } else {
-        data
+    let ev = Event {
+        bytes: Bytes::new(),
+        kind,
+        usage,
     };
-    Some(Event { bytes, kind, usage })
+    if kind == EventKind::Usage && !rw.client_wants_usage {
+        // Hidden from the caller, as on the general path: metered, not shown.
+        sink.with(|agg| agg.push(&ev)).transpose()?;
+    } else {
+        sink.with(|agg| agg.push_parsed(kind, usage, chunk))
+            .transpose()?;
+    }
+    Ok(Some(ev))
 }
 
 fn classify(op: Operation, members: &[json::Member<'_>]) -> EventKind {
@@ -451,7 +495,6 @@ mod tests {
                 request: 0.0,
             },
             client_wants_usage,
-            aggregated: false,
         }
     }
 

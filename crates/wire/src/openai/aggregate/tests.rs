@@ -22,13 +22,12 @@ fn rw(client_wants_usage: bool) -> Rewrite {
             request: 0.0,
         },
         client_wants_usage,
-        aggregated: false,
     }
 }
 
 thread_local! {
     /// The last body `events_of` adapted, so `aggregate` can build the same answer again
-    /// from an unframed stream (`Rewrite::aggregated`) and compare.
+    /// through an `AggregateSink` and compare.
     static LAST: std::cell::RefCell<Option<(Operation, String, Rewrite)>> =
         const { std::cell::RefCell::new(None) };
 }
@@ -36,12 +35,16 @@ thread_local! {
 /// The events our own stream adapter makes of an upstream SSE body.
 fn events_of(op: Operation, sse: &str, rw: Rewrite) -> Vec<Event> {
     LAST.with(|l| *l.borrow_mut() = Some((op, sse.to_owned(), rw.clone())));
-    adapt(op, sse, rw)
+    adapt(op, sse, rw, None)
 }
 
-fn adapt(op: Operation, sse: &str, rw: Rewrite) -> Vec<Event> {
+fn adapt(op: Operation, sse: &str, rw: Rewrite, sink: Option<AggregateSink>) -> Vec<Event> {
     let body = Full::new(Bytes::from(sse.to_owned()));
-    let mut s = Box::pin(OpenAiEventStream::new(body, op, rw, 1 << 16));
+    let mut s = OpenAiEventStream::new(body, op, rw, 1 << 16);
+    if let Some(sink) = sink {
+        s = s.with_sink(sink);
+    }
+    let mut s = Box::pin(s);
     let mut cx = Context::from_waker(Waker::noop());
     let mut out = Vec::new();
     loop {
@@ -72,7 +75,7 @@ fn aggregate(op: Operation, events: &[Event], wants: bool) -> (Aggregated, Value
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.body)));
     if wants && let Some((last_op, sse, rw)) = LAST.with(|l| l.borrow_mut().take()) {
         assert_eq!(last_op, op);
-        let unframed = unframed_aggregate(op, &sse, rw);
+        let unframed = sink_aggregate(op, &sse, rw);
         if v["model"] == "" {
             // No chunk named a model: the rewriting aggregator still names the served one.
             let u: Value = serde_json::from_slice(&unframed.body).unwrap();
@@ -85,22 +88,67 @@ fn aggregate(op: Operation, events: &[Event], wants: bool) -> (Aggregated, Value
     (out, v)
 }
 
-/// The answer built from the stream adapted with `Rewrite::aggregated`, whose chunks come
-/// unframed and unrewritten, by an aggregator that rewrites the body.
-fn unframed_aggregate(op: Operation, sse: &str, rw: Rewrite) -> Aggregated {
-    let rw = Rewrite {
-        aggregated: true,
-        ..rw
+/// The answer built in an `AggregateSink`, which the stream adapter feeds the chunks as the
+/// upstream wrote them, by an aggregator that rewrites the body.
+fn sink_aggregate(op: Operation, sse: &str, rw: Rewrite) -> Aggregated {
+    let sink = AggregateSink::new(Aggregator::new(op, true).with_rewrite(&rw));
+    let folded = adapt(op, sse, rw.clone(), Some(sink.clone()));
+    let passed = adapt(op, sse, rw, None);
+    // Same kinds and usage as the events passed on; bytes only for [DONE].
+    let outline = |evs: &[Event]| -> Vec<(EventKind, Option<Usage>)> {
+        evs.iter().map(|e| (e.kind, e.usage)).collect()
     };
-    let events = adapt(op, sse, rw.clone());
-    let mut agg = Aggregator::new(op, true).with_rewrite(&rw);
-    for ev in &events {
+    assert_eq!(outline(&folded), outline(&passed), "{sse}");
+    for ev in &folded {
         if ev.kind != EventKind::Done {
-            assert!(ev.bytes.is_empty() || ev.bytes.starts_with(b"{"), "{ev:?}");
+            assert!(ev.bytes.is_empty(), "{ev:?}");
         }
-        agg.push(ev).unwrap();
     }
-    agg.finish().unwrap()
+    sink.take().unwrap().finish().unwrap()
+}
+
+/// Chunks the typed pass rejects (duplicate keys) are folded in from their rewritten bytes;
+/// a chunk the aggregator refuses fails the stream; in-band errors pass through framed.
+#[test]
+fn a_sink_takes_odd_chunks_and_fails_on_refused_ones() {
+    let op = Operation::ChatCompletions;
+    let odd = concat!(
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"model\":\"m\",\"model\":\"m2\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"B\"},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let sink = AggregateSink::new(Aggregator::new(op, true).with_rewrite(&rw(true)));
+    let evs = adapt(op, odd, rw(true), Some(sink.clone()));
+    assert_eq!(evs.len(), 3);
+    assert!(
+        evs[..2]
+            .iter()
+            .all(|e| e.kind == EventKind::Output && e.bytes.is_empty())
+    );
+    let v: Value = serde_json::from_slice(&sink.take().unwrap().finish().unwrap().body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "AB");
+    assert_eq!(v["model"], "fast-chat");
+    assert!(sink.take().is_none(), "taken once");
+
+    let many: Vec<Value> = (0..=MAX_CHOICES as u32)
+        .map(|i| json!({"index": i, "delta": {"content": "x"}}))
+        .collect();
+    let refused = sse(&[json!({"id": "c", "model": "m", "choices": many})]);
+    let sink = AggregateSink::new(Aggregator::new(op, true));
+    let body = Full::new(Bytes::from(refused));
+    let mut s = Box::pin(OpenAiEventStream::new(body, op, rw(true), 1 << 20).with_sink(sink));
+    let mut cx = Context::from_waker(Waker::noop());
+    match s.as_mut().poll_event(&mut cx) {
+        Poll::Ready(Some(Err(e))) => assert!(e.to_string().contains("choices"), "{e}"),
+        other => panic!("{:?}", other.map(|o| o.map(|r| r.map(|e| e.kind)))),
+    }
+
+    let error = "data: {\"error\":{\"message\":\"overloaded\",\"code\":529}}\n\n";
+    let sink = AggregateSink::new(Aggregator::new(op, true));
+    let evs = adapt(op, error, rw(true), Some(sink.clone()));
+    assert_eq!(evs[0].kind, EventKind::Error);
+    assert!(evs[0].bytes.starts_with(b"data: "), "{:?}", evs[0]);
+    assert_eq!(sink.take().unwrap().output_events(), 0);
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> Value {
