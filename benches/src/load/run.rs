@@ -317,7 +317,12 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     let max_idle = opts.idle_counts.iter().copied().max().unwrap_or(0);
     let in_flight_cap = u32::try_from(max_idle.max(256)).unwrap_or(u32::MAX);
     let policy = policy::policy(&upstreams, &key_file.display().to_string(), in_flight_cap);
-    let policy_file = dir.join("policy.json");
+    // The policy in a directory of its own, as a ConfigMap mount is: switchyard watches the
+    // policy's directory, and the logs written next to it would wake the watcher on every
+    // line (CPU that a real deployment does not spend).
+    let policy_dir = dir.join("policy");
+    std::fs::create_dir_all(&policy_dir).map_err(|e| e.to_string())?;
+    let policy_file = policy_dir.join("policy.json");
     std::fs::write(
         &policy_file,
         serde_json::to_vec_pretty(&policy).map_err(|e| e.to_string())?,

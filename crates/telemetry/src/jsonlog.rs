@@ -111,7 +111,11 @@ impl Visit for Fields<'_> {
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     let mut rest = s;
-    while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+    // Every byte that needs escaping is ASCII, so a byte scan finds them on char boundaries.
+    while let Some(at) = rest
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\' || b < b' ')
+    {
         out.push_str(&rest[..at]);
         let c = rest.as_bytes()[at];
         match c {
