@@ -12,7 +12,7 @@ use switchyard_core::{BoxError, Event, EventKind, EventSource, Failure};
 
 use crate::error::WireError;
 use crate::json::{self, ObjectWriter};
-use crate::openai::aggregate::{AggregateSink, Chunk};
+use crate::openai::aggregate::{AggregateSink, ChoiceChunk, Chunk};
 use crate::openai::response::{Shape, malformed, rewrite_object, write_usage};
 use crate::sse::{SseDecoder, SseError, SseEvent};
 use crate::{Operation, Rewrite};
@@ -298,7 +298,7 @@ fn classify(op: Operation, members: &[json::Member<'_>]) -> EventKind {
 /// (elements that are not objects, duplicate keys) is walked member by member instead, so
 /// odd chunks are classified exactly as before.
 fn choices_output(op: Operation, choices: &RawValue) -> (usize, bool) {
-    if let Ok(typed) = serde_json::from_str::<Vec<ChoiceOutput<'_>>>(choices.get()) {
+    if let Ok(typed) = serde_json::from_str::<Vec<ChoiceChunk<'_>>>(choices.get()) {
         let output = typed.iter().any(|c| c.has_output(op));
         return (typed.len(), output);
     }
@@ -309,52 +309,6 @@ fn choices_output(op: Operation, choices: &RawValue) -> (usize, bool) {
         output |= choice_has_output(op, c);
     });
     (count, output)
-}
-
-/// The members of a streamed choice that say whether it carries output; the rest is skipped.
-#[derive(serde::Deserialize)]
-struct ChoiceOutput<'a> {
-    #[serde(borrow, default)]
-    finish_reason: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    delta: Option<DeltaOutput<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct DeltaOutput<'a> {
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    refusal: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    reasoning: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    reasoning_content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tool_calls: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    function_call: Option<&'a RawValue>,
-}
-
-impl ChoiceOutput<'_> {
-    /// The same verdict as [`choice_has_output`] (a `null` member deserializes to `None`).
-    fn has_output(&self, op: Operation) -> bool {
-        let text = |v: Option<&RawValue>| {
-            v.is_some_and(|v| json::is_nonempty_string(v) || json::is_nonempty_array(v))
-        };
-        self.finish_reason.is_some()
-            || (op == Operation::Completions && self.text.is_some_and(json::is_nonempty_string))
-            || self.delta.as_ref().is_some_and(|d| {
-                text(d.content)
-                    || text(d.refusal)
-                    || text(d.reasoning)
-                    || text(d.reasoning_content)
-                    || d.tool_calls.is_some_and(json::is_nonempty_array)
-                    || d.function_call.is_some()
-            })
-    }
 }
 
 fn choice_has_output(op: Operation, choice: &RawValue) -> bool {
