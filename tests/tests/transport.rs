@@ -522,3 +522,84 @@ async fn h2c_client_multiplexes_streaming_and_plain_requests_on_one_connection()
     let (status, ..) = h2_post(sender, url, chat("m0", false)).await;
     assert_eq!(status, 200);
 }
+
+/// A host name the policy cannot see through is checked where it resolves: `127.1` is not a
+/// literal address to the policy (so `check` accepts it) but the system resolver reads it as
+/// 127.0.0.1. Without `allow_private_network` the connection is refused before anything is
+/// sent — the sim behind it is never called, the error says why, and routing falls back to a
+/// provider that may use a private address; with it, the same name is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_resolving_to_a_private_address_needs_allow_private_network() {
+    let config = |name: &str| SimConfig {
+        name: name.into(),
+        default: Behavior::ok().chunks(2),
+        ..SimConfig::default()
+    };
+    let hidden = Sim::start(config("hidden")).await.unwrap();
+    let open = Sim::start(config("open")).await.unwrap();
+    let policy = |allow: bool| {
+        json!({
+            "providers": {
+                "hidden": {
+                    "api": "openai",
+                    "base_url": format!("http://127.1:{}/v1", hidden.addr().port()),
+                    "allow_private_network": allow,
+                },
+                "open": sim_provider(&open, None),
+            },
+            "models": { "m": { "endpoints": [
+                endpoint("hidden", "m", 1.0, 1.0),
+                endpoint("open", "m", 2.0, 2.0),
+            ] } },
+        })
+    };
+    let ask = |only: Option<&str>| {
+        let mut body = chat("m", false);
+        body["provider"] = json!({"order": ["hidden", "open"]});
+        if let Some(p) = only {
+            body["provider"]["only"] = json!([p]);
+        }
+        body
+    };
+
+    let proxy = Proxy::start(&policy(false));
+    let served = post_json(&proxy.url("/v1/chat/completions"), &ask(None)).await;
+    assert_eq!(
+        served.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&served.body)
+    );
+    assert_eq!(served.header("x-switchyard-provider"), Some("open"));
+    let refused = post_json(&proxy.url("/v1/chat/completions"), &ask(Some("hidden"))).await;
+    assert_eq!(
+        refused.status,
+        502,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("127.1 resolves only to"), "{message}");
+    assert!(message.contains("allow_private_network"), "{message}");
+    assert_eq!(
+        hidden.call_count(),
+        0,
+        "nothing may reach the refused address"
+    );
+    assert_eq!(open.call_count(), 1);
+    drop(proxy);
+
+    let proxy = Proxy::start(&policy(true));
+    let served = post_json(&proxy.url("/v1/chat/completions"), &ask(None)).await;
+    assert_eq!(
+        served.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&served.body)
+    );
+    assert_eq!(served.header("x-switchyard-provider"), Some("hidden"));
+    assert_eq!(hidden.call_count(), 1);
+}

@@ -35,6 +35,7 @@ use std::path::Path;
 
 pub use diag::{Diagnostic, Severity};
 pub use env::{Env, SystemEnv};
+pub use net::is_private_ip;
 pub use plan::{Candidate, Exclusion, ExclusionReason, Plan};
 pub use prefs::{
     DataCollection, MaxPrice, ProviderPrefs, SortBy, SortOptions, SortPartition, SortSpec,

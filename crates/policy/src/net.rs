@@ -78,16 +78,21 @@ pub(crate) fn parse_base_url(raw: &str) -> Result<BaseUrl, String> {
 /// Whether `host` (lower-case, no brackets) names this machine or a private network:
 /// `localhost`, or a loopback, private, link-local, shared (CGNAT), unique-local or unspecified
 /// IP literal. Names that merely resolve to such addresses are not detected here.
+/// Whether `ip` is a loopback, private (RFC 1918, unique local), link-local, carrier-grade NAT
+/// or unspecified address: where a provider may only live with `allow_private_network`.
+pub fn is_private_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => is_private_v4(ip),
+        IpAddr::V6(ip) => is_private_v6(ip),
+    }
+}
+
 pub(crate) fn is_private_host(host: &str) -> bool {
     let host = host.trim_end_matches('.');
     if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => is_private_v4(ip),
-        Ok(IpAddr::V6(ip)) => is_private_v6(ip),
-        Err(_) => false,
-    }
+    host.parse::<IpAddr>().is_ok_and(is_private_ip)
 }
 
 fn is_private_v4(ip: Ipv4Addr) -> bool {

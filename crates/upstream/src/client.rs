@@ -17,8 +17,9 @@ use switchyard_core::{BoxError, Failure};
 use switchyard_policy::Provider;
 
 use crate::BuildError;
+use crate::resolve::GuardedResolver;
 
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
 
 /// Process settings of the connection pools (not part of the hot-reloaded policy).
 #[derive(Clone, Debug)]
@@ -38,14 +39,17 @@ impl Default for ClientConfig {
     }
 }
 
-/// Connection pools, one for the public web roots and one per distinct provider CA bundle.
+/// Connection pools, for the public web roots and per distinct provider CA bundle, each in
+/// two kinds: one that refuses names resolving to private addresses and one for providers
+/// with `allow_private_network`.
 ///
-/// Pools are keyed by what they trust, not by policy generation, so a policy reload keeps
-/// every warm connection.
+/// Pools are keyed by what they trust and where they may connect, not by policy generation,
+/// so a policy reload keeps every warm connection.
 pub struct Clients {
     config: ClientConfig,
-    public: HttpClient,
-    private_ca: Mutex<HashMap<[u8; 32], HttpClient>>,
+    /// Indexed by `allow_private_network`.
+    public: [HttpClient; 2],
+    private_ca: Mutex<HashMap<([u8; 32], bool), HttpClient>>,
 }
 
 impl fmt::Debug for Clients {
@@ -58,7 +62,10 @@ impl fmt::Debug for Clients {
 
 impl Clients {
     pub fn new(config: ClientConfig) -> Result<Self, BuildError> {
-        let public = build_client(&config, public_roots())?;
+        let public = [
+            build_client(&config, public_roots(), false)?,
+            build_client(&config, public_roots(), true)?,
+        ];
         Ok(Self {
             config,
             public,
@@ -68,10 +75,11 @@ impl Clients {
 
     /// The pool whose TLS trusts what this provider's policy says to trust.
     pub(crate) fn for_provider(&self, provider: &Provider) -> Result<HttpClient, BoxError> {
+        let allow_private = provider.allow_private_network;
         let Some(pem) = provider.ca_pem.as_deref() else {
-            return Ok(self.public.clone());
+            return Ok(self.public[usize::from(allow_private)].clone());
         };
-        let key: [u8; 32] = Sha256::digest(pem).into();
+        let key = (Sha256::digest(pem).into(), allow_private);
         // The lock guards a map lookup only; it is never held across an await.
         let mut map = self
             .private_ca
@@ -103,7 +111,7 @@ impl Clients {
                 detail: "no certificate in ca_file".into(),
             }));
         }
-        let client = build_client(&self.config, roots).map_err(Failure::boxed)?;
+        let client = build_client(&self.config, roots, allow_private).map_err(Failure::boxed)?;
         map.insert(key, client.clone());
         Ok(client)
     }
@@ -115,7 +123,11 @@ fn public_roots() -> RootCertStore {
     roots
 }
 
-fn build_client(config: &ClientConfig, roots: RootCertStore) -> Result<HttpClient, BuildError> {
+fn build_client(
+    config: &ClientConfig,
+    roots: RootCertStore,
+    allow_private: bool,
+) -> Result<HttpClient, BuildError> {
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -123,7 +135,7 @@ fn build_client(config: &ClientConfig, roots: RootCertStore) -> Result<HttpClien
     .with_root_certificates(roots)
     .with_no_client_auth();
 
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(allow_private));
     // base_url decides http vs https; the TLS wrapper below handles the https ones.
     http.enforce_http(false);
     // Without it, small SSE writes wait on delayed ACKs (40 ms-class stalls on fast streams).

@@ -14,6 +14,7 @@
 mod client;
 mod error;
 mod future;
+mod resolve;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
