@@ -88,7 +88,8 @@ pub fn is_private_ip(ip: IpAddr) -> bool {
 }
 
 pub(crate) fn is_private_host(host: &str) -> bool {
-    let host = host.trim_end_matches('.');
+    // Host names are case-insensitive: `LOCALHOST` is localhost too.
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
     if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
@@ -178,6 +179,8 @@ mod tests {
             "localhost",
             "api.localhost",
             "localhost.",
+            "LOCALHOST",
+            "Api.LocalHost",
             "127.0.0.1",
             "127.5.5.5",
             "10.1.2.3",
