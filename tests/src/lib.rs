@@ -261,6 +261,27 @@ pub fn sim_provider(sim: &switchyard_sim::Sim, key_env: Option<&str>) -> Value {
     p
 }
 
+/// A sim named `name` answering with `sequence` first, then `default`.
+pub async fn start_sim(
+    name: &str,
+    default: switchyard_sim::Behavior,
+    sequence: Vec<switchyard_sim::Behavior>,
+) -> switchyard_sim::Sim {
+    switchyard_sim::Sim::start(switchyard_sim::SimConfig {
+        name: name.into(),
+        default,
+        sequence,
+        ..switchyard_sim::SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// An endpoint of `model` on `provider` with upstream model `<provider>-<model>`.
+pub fn provider_endpoint(provider: &str, model: &str, prompt: f64, completion: f64) -> Value {
+    endpoint(provider, &format!("{provider}-{model}"), prompt, completion)
+}
+
 /// An endpoint entry with the given prices (USD per million tokens).
 pub fn endpoint(provider: &str, upstream_model: &str, prompt: f64, completion: f64) -> Value {
     serde_json::json!({

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use switchyard_sim::{Behavior, Call, Sim, SimConfig, expected_text, prompt_tokens};
 use switchyard_tests::{
-    Answer, Proxy, RedisServer, endpoint, free_port, post_json, send, sim_provider, sse_data,
+    Answer, Proxy, RedisServer, free_port, post_json, provider_endpoint as ep, send, sim_provider,
+    sse_data, start_sim as sim,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -34,22 +35,6 @@ const COMPLETION: f64 = 3000.0;
 /// The ledger keeps integer nano-dollars: each reservation or settlement rounds by at most
 /// half of one.
 const NANO: f64 = 1e-9;
-
-async fn sim(name: &str, default: Behavior, sequence: Vec<Behavior>) -> Sim {
-    Sim::start(SimConfig {
-        name: name.into(),
-        default,
-        sequence,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap()
-}
-
-/// An endpoint of `model` on `provider`, upstream model `<provider>-<model>`.
-fn ep(provider: &str, model: &str, prompt: f64, completion: f64) -> Value {
-    endpoint(provider, &format!("{provider}-{model}"), prompt, completion)
-}
 
 /// Model `m` on provider `a` at the main prices.
 fn model_m() -> Value {

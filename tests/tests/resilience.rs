@@ -14,7 +14,10 @@ use serde_json::{Map, Value, json};
 use switchyard_sim::{
     Behavior, Call, Outcome, Sim, SimConfig, continuation_text, expected_text, prompt_tokens,
 };
-use switchyard_tests::{Answer, Proxy, endpoint, post_json, send, sim_provider, sse_data};
+use switchyard_tests::{
+    Answer, Proxy, post_json, provider_endpoint as ep, send, sim_provider, sse_data,
+    start_sim as sim,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -30,22 +33,6 @@ const CHAT: &str = "/v1/chat/completions";
 
 fn text_behavior() -> Behavior {
     Behavior::ok().text(TEXT)
-}
-
-async fn sim(name: &str, default: Behavior, sequence: Vec<Behavior>) -> Sim {
-    Sim::start(SimConfig {
-        name: name.into(),
-        default,
-        sequence,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap()
-}
-
-/// An endpoint of `model` on `provider`, upstream model `<provider>-<model>`.
-fn ep(provider: &str, model: &str, prompt: f64, completion: f64) -> Value {
-    endpoint(provider, &format!("{provider}-{model}"), prompt, completion)
 }
 
 /// The same, declaring assistant-prefill support.

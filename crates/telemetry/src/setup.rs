@@ -17,6 +17,7 @@ use opentelemetry_otlp::{
     MetricExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
@@ -82,48 +83,50 @@ impl Telemetry {
 
     /// Exports everything buffered now.
     pub async fn flush(&self) -> Result<(), TelemetryError> {
-        let tp = self.tracer_provider.clone();
-        let mp = self.meter_provider.clone();
-        off_runtime(move || {
-            let mut errors = Vec::new();
-            if let Some(tp) = tp
-                && let Err(e) = tp.force_flush()
-            {
-                errors.push(format!("traces: {e}"));
-            }
-            if let Some(mp) = mp
-                && let Err(e) = mp.force_flush()
-            {
-                errors.push(format!("metrics: {e}"));
-            }
-            joined(errors)
-        })
+        each_provider(
+            self.tracer_provider.clone(),
+            self.meter_provider.clone(),
+            SdkTracerProvider::force_flush,
+            SdkMeterProvider::force_flush,
+        )
         .await
     }
 
     /// Exports everything buffered and stops the exporters.
     pub async fn shutdown(self) -> Result<(), TelemetryError> {
-        let Self {
-            tracer_provider,
-            meter_provider,
-            ..
-        } = self;
-        off_runtime(move || {
-            let mut errors = Vec::new();
-            if let Some(tp) = tracer_provider
-                && let Err(e) = tp.shutdown()
-            {
-                errors.push(format!("traces: {e}"));
-            }
-            if let Some(mp) = meter_provider
-                && let Err(e) = mp.shutdown()
-            {
-                errors.push(format!("metrics: {e}"));
-            }
-            joined(errors)
-        })
+        each_provider(
+            self.tracer_provider,
+            self.meter_provider,
+            SdkTracerProvider::shutdown,
+            SdkMeterProvider::shutdown,
+        )
         .await
     }
+}
+
+/// Runs `on_traces` and `on_metrics` on whichever providers are set, off the runtime, and
+/// joins their errors.
+async fn each_provider(
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+    on_traces: fn(&SdkTracerProvider) -> OTelSdkResult,
+    on_metrics: fn(&SdkMeterProvider) -> OTelSdkResult,
+) -> Result<(), TelemetryError> {
+    off_runtime(move || {
+        let mut errors = Vec::new();
+        if let Some(tp) = tracer_provider
+            && let Err(e) = on_traces(&tp)
+        {
+            errors.push(format!("traces: {e}"));
+        }
+        if let Some(mp) = meter_provider
+            && let Err(e) = on_metrics(&mp)
+        {
+            errors.push(format!("metrics: {e}"));
+        }
+        joined(errors)
+    })
+    .await
 }
 
 fn joined(errors: Vec<String>) -> Result<(), TelemetryError> {
