@@ -9,16 +9,16 @@ use futures_util::stream::{self, Stream, StreamExt};
 use http::{Request, Response};
 use switchyard_core::{BoxError, Class, Event, EventKind, EventSource, ProxyBody};
 use switchyard_policy::Endpoint;
-use switchyard_wire::{Aggregator, ParsedRequest};
+use switchyard_wire::ParsedRequest;
 use tower::Service;
 
-use crate::exec::{AttemptMeta, Charge, Exec, Source, Verdict, class_of, done_event};
+use crate::exec::{Agg, AttemptMeta, Charge, Exec, Source, Verdict, class_of, done_event};
 
 pub(crate) struct Committed<S> {
     exec: Exec<S>,
     held: VecDeque<Event>,
     source: Source,
-    agg: Aggregator,
+    agg: Agg,
     meta: AttemptMeta,
     /// The first failure after the commit point: what the client is told if nothing saves
     /// the answer.
@@ -42,7 +42,7 @@ where
         exec: Exec<S>,
         held: VecDeque<Event>,
         source: Source,
-        agg: Aggregator,
+        agg: Agg,
         meta: AttemptMeta,
     ) -> Self {
         Self {
@@ -93,8 +93,13 @@ where
                     EventKind::Preamble if self.continuing => {}
                     _ => {
                         // The aggregate only serves a continuation; the client gets the event
-                        // as the upstream sent it either way.
-                        let _ = self.agg.push(&ev);
+                        // as the upstream sent it either way. A continuation's events were
+                        // folded by no adapter into this aggregate.
+                        let _ = if self.continuing {
+                            self.agg.push_unfolded(&ev)
+                        } else {
+                            self.agg.push(&ev)
+                        };
                         return Some(Ok(ev));
                     }
                 },
@@ -108,7 +113,7 @@ where
                 None => {
                     // The upstream closed without [DONE]: complete if it said why it
                     // stopped, a cut if it did not.
-                    if self.agg.finish_reason().is_some() {
+                    if self.agg.has_finish_reason() {
                         self.succeed().await;
                         return Some(Ok(done_event()));
                     }
@@ -156,7 +161,7 @@ where
     /// Tokens of output seen: at least one per output event, at least a token per four
     /// characters of text.
     fn output_tokens_estimate(&self) -> u64 {
-        let by_chars = (self.agg.partial_text().len() as u64).div_ceil(4);
+        let by_chars = (self.agg.partial_text_len() as u64).div_ceil(4);
         self.agg.output_events().max(by_chars)
     }
 
@@ -175,7 +180,7 @@ where
                     break;
                 }
                 self.continued_on.push(endpoint.id.clone());
-                let prefill = self.agg.partial_text().to_string();
+                let prefill = self.agg.partial_text();
                 match self.exec.attempt(&endpoint, Some(prefill)).await {
                     Verdict::Committed {
                         held,
@@ -188,7 +193,7 @@ where
                         // aggregate is folded into ours for any further continuation.
                         for ev in &held {
                             if ev.kind != EventKind::Preamble {
-                                let _ = self.agg.push(ev);
+                                let _ = self.agg.push_unfolded(ev);
                             }
                         }
                         drop(agg);
@@ -221,7 +226,7 @@ where
         self.exec.retry.continuation
             && self.exec.parsed.stream()
             && !self.agg.has_tool_calls()
-            && !self.agg.partial_text().is_empty()
+            && self.agg.partial_text_len() > 0
     }
 
     /// The same endpoint first, then the plan's other candidates, each only if it declares
@@ -245,7 +250,7 @@ impl<S> Drop for Committed<S> {
         let (usage, charge) = match self.agg.usage() {
             Some(u) => (Some(u), Charge::Reported(u.cost)),
             None => {
-                let by_chars = (self.agg.partial_text().len() as u64).div_ceil(4);
+                let by_chars = (self.agg.partial_text_len() as u64).div_ceil(4);
                 let u = self
                     .exec
                     .estimated_usage(&self.meta, self.agg.output_events().max(by_chars));

@@ -69,7 +69,7 @@ pub(crate) enum Verdict {
     Committed {
         held: VecDeque<Event>,
         source: Source,
-        agg: Aggregator,
+        agg: Agg,
         meta: AttemptMeta,
         served: Served,
         parts: http::response::Parts,
@@ -134,21 +134,28 @@ pub(crate) struct AttemptMeta {
     pub(crate) sink: Option<AggregateSink>,
 }
 
-/// The attempt's aggregate: fed here from the events, or by the stream adapter into a sink
-/// (each chunk parsed once), in which case the events carry only their kind and usage.
-enum Agg {
+/// An attempt's aggregate: fed here from the events, or folded by the upstream adapter into
+/// a sink from the parse each chunk gets there (the adapter attached it).
+pub(crate) enum Agg {
     Local(Box<Aggregator>),
     Sink(AggregateSink),
 }
 
 impl Agg {
-    fn push(&mut self, ev: &Event) -> Result<(), WireError> {
+    /// Takes in an event of the attempt's own stream: already folded in by the adapter when
+    /// there is a sink, which only reports what it refused.
+    pub(crate) fn push(&mut self, ev: &Event) -> Result<(), WireError> {
         match self {
             Agg::Local(a) => a.push(ev),
-            // An event without bytes was folded in by the adapter; one with bytes (an inner
-            // service that passed the stream on) is folded in here.
-            Agg::Sink(s) if !ev.bytes.is_empty() => s.with(|a| a.push(ev)).unwrap_or(Ok(())),
-            Agg::Sink(_) => Ok(()),
+            Agg::Sink(s) => s.with(|a| a.failure()).flatten().map_or(Ok(()), Err),
+        }
+    }
+
+    /// Takes in an event of another stream (a continuation's), which no adapter folded here.
+    pub(crate) fn push_unfolded(&mut self, ev: &Event) -> Result<(), WireError> {
+        match self {
+            Agg::Local(a) => a.push(ev),
+            Agg::Sink(s) => s.with(|a| a.push(ev)).unwrap_or(Ok(())),
         }
     }
 
@@ -159,24 +166,38 @@ impl Agg {
         }
     }
 
-    fn output_events(&self) -> u64 {
+    pub(crate) fn output_events(&self) -> u64 {
         self.read(Aggregator::output_events)
     }
 
     /// No content yet; a sink already taken counts as empty.
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         match self {
             Agg::Local(a) => a.is_empty(),
             Agg::Sink(s) => s.with(|a| a.is_empty()).unwrap_or(true),
         }
     }
 
-    fn has_finish_reason(&self) -> bool {
+    pub(crate) fn has_finish_reason(&self) -> bool {
         self.read(|a| a.finish_reason().is_some())
     }
 
-    fn usage(&self) -> Option<switchyard_core::Usage> {
+    pub(crate) fn has_tool_calls(&self) -> bool {
+        self.read(Aggregator::has_tool_calls)
+    }
+
+    pub(crate) fn usage(&self) -> Option<switchyard_core::Usage> {
         self.read(Aggregator::usage)
+    }
+
+    /// Length in bytes of the text so far (choice 0), for output estimates.
+    pub(crate) fn partial_text_len(&self) -> usize {
+        self.read(|a| a.partial_text().len())
+    }
+
+    /// The text so far (choice 0), for a continuation's prefill.
+    pub(crate) fn partial_text(&self) -> String {
+        self.read(|a| a.partial_text().to_owned())
     }
 
     fn into_aggregator(self, op: Operation) -> Aggregator {
@@ -445,10 +466,16 @@ where
                 }
             }
         }
-        // A whole body is built by the upstream adapter as it parses each chunk (nothing of
-        // the stream is passed on), unless the answer continues one the client already sees.
-        let sink = (self.aggregate && !continuing).then(|| {
-            let sink = AggregateSink::new(self.aggregator(endpoint));
+        // The upstream adapter folds the answer into a sink from the parse each chunk gets
+        // there: a whole body in place of the stream for a non-streaming caller, alongside
+        // it for a streaming one. A continuation is folded into the answer it continues.
+        let sink = (!continuing && (self.aggregate || self.parsed.stream())).then(|| {
+            let agg = self.aggregator(endpoint);
+            let sink = if self.aggregate {
+                AggregateSink::new(agg)
+            } else {
+                AggregateSink::tap(agg)
+            };
             extensions.insert(sink.clone());
             sink
         });
@@ -616,8 +643,8 @@ where
 
         let op = self.parsed.operation();
         let mut agg = match &meta.sink {
-            Some(sink) => Agg::Sink(sink.clone()),
-            None => Agg::Local(Box::new(self.aggregator(&meta.endpoint))),
+            Some(sink) if sink.attached() => Agg::Sink(sink.clone()),
+            _ => Agg::Local(Box::new(self.aggregator(&meta.endpoint))),
         };
         let mut held: VecDeque<Event> = VecDeque::new();
         let read_all = (self.aggregate || self.buffer) && !continuing;
@@ -672,7 +699,7 @@ where
                                 return Verdict::Committed {
                                     held,
                                     source,
-                                    agg: agg.into_aggregator(op),
+                                    agg,
                                     meta: meta.clone(),
                                     served,
                                     parts,

@@ -2,6 +2,7 @@
 //! forced on the upstream (so first-token and idle timeouts guard every request).
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -147,28 +148,113 @@ impl ChoiceChunk<'_> {
 }
 
 /// An [`Aggregator`] shared between a stream adapter (attached with
-/// [`crate::OpenAiEventStream::with_sink`]), which parses each chunk once and folds it in,
-/// and the caller that reads the stream's events for their kinds and takes the aggregate at
-/// the end: for a caller that wants a whole body, not the stream. Events of such a stream
-/// carry no bytes but for `[DONE]` and in-band errors, which are not folded in.
+/// [`crate::OpenAiEventStream::with_sink`]), which folds in each chunk from the parse it
+/// makes anyway, and the caller that reads the stream's events and the aggregate. Every
+/// chunk but `[DONE]` and in-band errors is folded in.
+///
+/// Two kinds: [`AggregateSink::new`] for a caller that wants a whole body, not the stream
+/// (each chunk is parsed once, into the aggregator's typed view, and its event carries no
+/// bytes), and [`AggregateSink::tap`] for a caller that passes the stream on (events keep
+/// their bytes; the aggregate is folded from the parse that rewrote them).
 #[derive(Clone, Debug)]
-pub struct AggregateSink(Arc<Mutex<Option<Aggregator>>>);
+pub struct AggregateSink(Arc<SinkInner>);
+
+#[derive(Debug)]
+struct SinkInner {
+    agg: Mutex<Option<Aggregator>>,
+    pass_on: bool,
+    attached: AtomicBool,
+}
 
 impl AggregateSink {
+    /// A sink that takes the stream's chunks in place of the caller.
     pub fn new(agg: Aggregator) -> Self {
-        Self(Arc::new(Mutex::new(Some(agg))))
+        Self::with_mode(agg, false)
+    }
+
+    /// A sink that folds the chunks in while the stream passes them on.
+    pub fn tap(agg: Aggregator) -> Self {
+        Self::with_mode(agg, true)
+    }
+
+    fn with_mode(agg: Aggregator, pass_on: bool) -> Self {
+        Self(Arc::new(SinkInner {
+            agg: Mutex::new(Some(agg)),
+            pass_on,
+            attached: AtomicBool::new(false),
+        }))
+    }
+
+    /// Whether the events keep their bytes ([`AggregateSink::tap`]).
+    pub fn passes_on(&self) -> bool {
+        self.0.pass_on
+    }
+
+    /// Whether a stream adapter feeds this sink. One that does not (a response that was not
+    /// an SSE stream, or an inner service that does not know sinks) leaves folding to the
+    /// caller.
+    pub fn attached(&self) -> bool {
+        self.0.attached.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn attach(&self) {
+        self.0.attached.store(true, Ordering::Release);
     }
 
     /// Runs `f` on the aggregator; `None` once it was taken.
     pub fn with<R>(&self, f: impl FnOnce(&mut Aggregator) -> R) -> Option<R> {
         // Nothing under this lock panics halfway through an update.
-        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.0.agg.lock().unwrap_or_else(PoisonError::into_inner);
         guard.as_mut().map(f)
     }
 
     /// Takes the aggregator out; chunks the stream reads after this are dropped.
     pub fn take(&self) -> Option<Aggregator> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.0
+            .agg
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl<'a> Chunk<'a> {
+    /// The chunk a member walk found (members deduplicated, the last kept) with its choices
+    /// already parsed: what parsing it whole would give, without parsing it again. `choices`
+    /// is `None` for a chunk without choices (or with `null`).
+    pub(crate) fn from_members(
+        members: &[json::Member<'a>],
+        choices: Option<Vec<ChoiceChunk<'a>>>,
+    ) -> Self {
+        let mut c = Chunk {
+            error: None,
+            usage: None,
+            choices,
+            id: None,
+            created: None,
+            model: None,
+            provider: None,
+            system_fingerprint: None,
+            service_tier: None,
+            metadata: None,
+        };
+        for m in members {
+            // A `null` member is absent to the typed parse too.
+            let v = (!json::is_null(m.value)).then_some(m.value);
+            match m.key.as_ref() {
+                "error" => c.error = v,
+                "usage" => c.usage = v,
+                "id" => c.id = v,
+                "created" => c.created = v,
+                "model" => c.model = v,
+                "provider" => c.provider = v,
+                "system_fingerprint" => c.system_fingerprint = v,
+                "service_tier" => c.service_tier = v,
+                "metadata" => c.metadata = v,
+                _ => {}
+            }
+        }
+        c
     }
 }
 
@@ -459,6 +545,12 @@ impl Aggregator {
         self.choices
             .iter()
             .any(|c| !c.tool_calls.is_empty() || c.function_call.is_some())
+    }
+
+    /// Why a pushed event was refused, once one was: every later push and
+    /// [`Self::finish`] fail with it.
+    pub fn failure(&self) -> Option<WireError> {
+        self.failed.clone()
     }
 
     /// How many [`EventKind::Output`] events were pushed.

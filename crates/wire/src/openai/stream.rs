@@ -62,10 +62,12 @@ impl<B> OpenAiEventStream<B> {
         }
     }
 
-    /// Folds every chunk into `sink`'s aggregator, parsing it once, instead of passing it
-    /// on: the events keep their kind and usage but carry no bytes, except `[DONE]` and
-    /// in-band errors. For a caller that asked for a whole body.
+    /// Folds every chunk into `sink`'s aggregator from the one parse the chunk gets. With
+    /// [`AggregateSink::new`] the chunks are not passed on: the events keep their kind and
+    /// usage but carry no bytes, except `[DONE]` and in-band errors (for a caller that asked
+    /// for a whole body). With [`AggregateSink::tap`] the events are as without a sink.
     pub fn with_sink(mut self, sink: AggregateSink) -> Self {
+        sink.attach();
         self.sink = Some(sink);
         self
     }
@@ -165,8 +167,8 @@ where
 
 /// Turns one upstream SSE event into the caller's event; `None` for an event with no data.
 ///
-/// With a sink, chunks are folded into its aggregator instead of being passed on (see
-/// [`AggregateSink`]).
+/// With a sink, chunks are folded into its aggregator too, and unless it is a tap they are
+/// not passed on (see [`AggregateSink`]).
 fn convert(
     op: Operation,
     rw: &Rewrite,
@@ -175,7 +177,9 @@ fn convert(
 ) -> Result<Option<Event>, WireError> {
     match (sink, convert_event(op, rw, sse, sink)?) {
         (Some(sink), Some(mut ev))
-            if !matches!(ev.kind, EventKind::Done | EventKind::Error) && !ev.bytes.is_empty() =>
+            if !sink.passes_on()
+                && !matches!(ev.kind, EventKind::Done | EventKind::Error)
+                && !ev.bytes.is_empty() =>
         {
             // A chunk the typed pass could not take: folded in from its rewritten bytes.
             sink.with(|agg| agg.push(&ev)).transpose()?;
@@ -205,6 +209,7 @@ fn convert_event(
     }
     let text = std::str::from_utf8(data).map_err(|e| malformed(format!("invalid UTF-8: {e}")))?;
     if let Some(sink) = sink
+        && !sink.passes_on()
         && let Some(ev) = absorb(op, rw, text, sink)?
     {
         return Ok(Some(ev));
@@ -212,7 +217,7 @@ fn convert_event(
     let members = json::object_members(text)
         .map_err(|e| malformed(format!("stream chunk: {e}")))?
         .ok_or_else(|| malformed("stream chunk is not a JSON object"))?;
-    let kind = classify(op, &members);
+    let (kind, choices) = classify(op, &members);
     let mut out = Vec::with_capacity(text.len() + 64);
     let usage = rewrite_object(op, &members, rw, Shape::Chunk, &mut out);
     let bytes = if kind == EventKind::Usage && !rw.client_wants_usage {
@@ -221,7 +226,33 @@ fn convert_event(
     } else {
         frame(sse.event.as_deref(), &out)
     };
-    Ok(Some(Event { bytes, kind, usage }))
+    let ev = Event { bytes, kind, usage };
+    if let Some(sink) = sink
+        && sink.passes_on()
+        && kind != EventKind::Error
+    {
+        tap(sink, &ev, &members, choices);
+    }
+    Ok(Some(ev))
+}
+
+/// Folds a chunk that passes on into a tap's aggregator, from the member walk and the typed
+/// choices its classification made (no parse of its own); from its rewritten bytes when the
+/// choices were not parsed, and only counted when its bytes are hidden (a usage chunk the
+/// caller did not ask for), as the aggregator treats such an event. A chunk the aggregator
+/// refuses does not stop the stream: the aggregator keeps the failure
+/// ([`crate::Aggregator::failure`]) for the caller to judge.
+fn tap(
+    sink: &AggregateSink,
+    ev: &Event,
+    members: &[json::Member<'_>],
+    choices: Option<Option<Vec<ChoiceChunk<'_>>>>,
+) {
+    match choices {
+        Some(choices) if !ev.bytes.is_empty() => sink
+            .with(|agg| agg.push_parsed(ev.kind, ev.usage, Chunk::from_members(members, choices))),
+        _ => sink.with(|agg| agg.push(ev)),
+    };
 }
 
 /// A chunk parsed once, classified, metered and folded into the sink's aggregator; its event
@@ -271,25 +302,38 @@ fn absorb(
     Ok(Some(ev))
 }
 
-fn classify(op: Operation, members: &[json::Member<'_>]) -> EventKind {
+/// The chunk's kind, and its choices as the typed parse read them: `Some(None)` when it has
+/// none (or `null`), `None` when the typed parse could not take them (or was not needed).
+#[allow(clippy::type_complexity)]
+fn classify<'a>(
+    op: Operation,
+    members: &[json::Member<'a>],
+) -> (EventKind, Option<Option<Vec<ChoiceChunk<'a>>>>) {
     let mut choices = 0usize;
     let mut output = false;
     let mut usage = false;
+    let mut typed = Some(None);
     for m in members {
         match m.key.as_ref() {
-            "error" if !json::is_null(m.value) => return EventKind::Error,
+            "error" if !json::is_null(m.value) => return (EventKind::Error, None),
             "usage" => usage = json::is_object(m.value),
-            "choices" => (choices, output) = choices_output(op, m.value),
+            "choices" if json::is_null(m.value) => {}
+            "choices" => {
+                let parsed;
+                (choices, output, parsed) = choices_output(op, m.value);
+                typed = parsed.map(Some);
+            }
             _ => {}
         }
     }
-    if output {
+    let kind = if output {
         EventKind::Output
     } else if choices == 0 && usage {
         EventKind::Usage
     } else {
         EventKind::Preamble
-    }
+    };
+    (kind, typed)
 }
 
 /// How many choices `choices` holds, and whether any of them carries model output.
@@ -297,10 +341,13 @@ fn classify(op: Operation, members: &[json::Member<'_>]) -> EventKind {
 /// One typed pass over the array in the common case; an array the typed pass rejects
 /// (elements that are not objects, duplicate keys) is walked member by member instead, so
 /// odd chunks are classified exactly as before.
-fn choices_output(op: Operation, choices: &RawValue) -> (usize, bool) {
-    if let Ok(typed) = serde_json::from_str::<Vec<ChoiceChunk<'_>>>(choices.get()) {
+fn choices_output<'a>(
+    op: Operation,
+    choices: &'a RawValue,
+) -> (usize, bool, Option<Vec<ChoiceChunk<'a>>>) {
+    if let Ok(typed) = serde_json::from_str::<Vec<ChoiceChunk<'a>>>(choices.get()) {
         let output = typed.iter().any(|c| c.has_output(op));
-        return (typed.len(), output);
+        return (typed.len(), output, Some(typed));
     }
     let mut count = 0usize;
     let mut output = false;
@@ -308,7 +355,7 @@ fn choices_output(op: Operation, choices: &RawValue) -> (usize, bool) {
         count += 1;
         output |= choice_has_output(op, c);
     });
-    (count, output)
+    (count, output, None)
 }
 
 fn choice_has_output(op: Operation, choice: &RawValue) -> bool {
@@ -970,7 +1017,12 @@ mod tests {
                     count += 1;
                     output |= choice_has_output(op, c);
                 });
-                assert_eq!(choices_output(op, raw), (count, output), "{op:?} {text}");
+                let (typed_count, typed_output, _) = choices_output(op, raw);
+                assert_eq!(
+                    (typed_count, typed_output),
+                    (count, output),
+                    "{op:?} {text}"
+                );
             }
         }
     }

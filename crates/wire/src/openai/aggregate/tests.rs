@@ -75,14 +75,18 @@ fn aggregate(op: Operation, events: &[Event], wants: bool) -> (Aggregated, Value
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.body)));
     if wants && let Some((last_op, sse, rw)) = LAST.with(|l| l.borrow_mut().take()) {
         assert_eq!(last_op, op);
-        let unframed = sink_aggregate(op, &sse, rw);
-        if v["model"] == "" {
-            // No chunk named a model: the rewriting aggregator still names the served one.
-            let u: Value = serde_json::from_slice(&unframed.body).unwrap();
-            assert_eq!(u["model"], "fast-chat");
-            assert_eq!(u["provider"], "acme");
-        } else {
-            assert_eq!(unframed, out, "{sse}");
+        for built in [
+            sink_aggregate(op, &sse, rw.clone()),
+            tap_aggregate(op, &sse, rw),
+        ] {
+            if v["model"] == "" {
+                // No chunk named a model: the rewriting aggregator still names the served one.
+                let u: Value = serde_json::from_slice(&built.body).unwrap();
+                assert_eq!(u["model"], "fast-chat");
+                assert_eq!(u["provider"], "acme");
+            } else {
+                assert_eq!(built, out, "{sse}");
+            }
         }
     }
     (out, v)
@@ -105,6 +109,32 @@ fn sink_aggregate(op: Operation, sse: &str, rw: Rewrite) -> Aggregated {
         }
     }
     sink.take().unwrap().finish().unwrap()
+}
+
+/// The answer folded by a tap: the events are exactly those passed on without one, and the
+/// aggregate is folded from the parse that rewrote them.
+fn tap_aggregate(op: Operation, sse: &str, rw: Rewrite) -> Aggregated {
+    let sink = AggregateSink::tap(Aggregator::new(op, true).with_rewrite(&rw));
+    let tapped = adapt(op, sse, rw.clone(), Some(sink.clone()));
+    let passed = adapt(op, sse, rw, None);
+    let all = |evs: &[Event]| -> Vec<(Bytes, EventKind, Option<Usage>)> {
+        evs.iter()
+            .map(|e| (e.bytes.clone(), e.kind, e.usage))
+            .collect()
+    };
+    assert_eq!(all(&tapped), all(&passed), "{sse}");
+    // What the caller reads while streaming matches an aggregator fed the events.
+    let mut fed = Aggregator::new(op, true);
+    for ev in passed.iter().filter(|e| e.kind != EventKind::Error) {
+        fed.push(ev).unwrap();
+    }
+    let agg = sink.take().unwrap();
+    assert_eq!(agg.partial_text(), fed.partial_text());
+    assert_eq!(agg.output_events(), fed.output_events());
+    assert_eq!(agg.finish_reason(), fed.finish_reason());
+    assert_eq!(agg.usage(), fed.usage());
+    assert_eq!(agg.has_tool_calls(), fed.has_tool_calls());
+    agg.finish().unwrap()
 }
 
 /// Chunks the typed pass rejects (duplicate keys) are folded in from their rewritten bytes;
@@ -142,6 +172,22 @@ fn a_sink_takes_odd_chunks_and_fails_on_refused_ones() {
         Poll::Ready(Some(Err(e))) => assert!(e.to_string().contains("choices"), "{e}"),
         other => panic!("{:?}", other.map(|o| o.map(|r| r.map(|e| e.kind)))),
     }
+
+    // A tap passes the same chunk on and keeps the refusal for the caller to judge.
+    let many: Vec<Value> = (0..=MAX_CHOICES as u32)
+        .map(|i| json!({"index": i, "delta": {"content": "x"}}))
+        .collect();
+    let refused = sse(&[json!({"id": "c", "model": "m", "choices": many})]);
+    let tap = AggregateSink::tap(Aggregator::new(op, true));
+    let evs = adapt(op, &refused, rw(true), Some(tap.clone()));
+    assert_eq!(evs.len(), 2, "the chunk and [DONE] pass on");
+    assert_eq!(evs[0].kind, EventKind::Output);
+    let agg = tap.take().unwrap();
+    assert!(
+        agg.failure()
+            .is_some_and(|e| e.to_string().contains("choices"))
+    );
+    assert!(agg.finish().is_err());
 
     let error = "data: {\"error\":{\"message\":\"overloaded\",\"code\":529}}\n\n";
     let sink = AggregateSink::new(Aggregator::new(op, true));
