@@ -130,7 +130,20 @@ pub struct MemRow {
 #[derive(Clone, Debug)]
 pub struct ProfileRow {
     pub proxy: Mode,
+    /// Profiled with streaming requests (the function tables are for non-streaming ones).
+    pub streamed: bool,
     pub digest: Digest,
+}
+
+impl ProfileRow {
+    fn label(&self) -> String {
+        let kind = if self.streamed {
+            "streaming"
+        } else {
+            "non-streaming"
+        };
+        format!("{}, {kind}", self.proxy.label())
+    }
 }
 
 /// Everything one run measured.
@@ -709,7 +722,7 @@ impl Report {
             let _ = writeln!(
                 o,
                 "| {} | {} | {:.0} | {:.1} | {:.1} % | {:.1} | {:.1} % |",
-                p.proxy.label(),
+                p.label(),
                 d.requests,
                 d.instructions_per_request,
                 d.allocs_per_request,
@@ -718,7 +731,7 @@ impl Report {
                 d.lock_share * 100.0
             );
         }
-        for p in &self.profile {
+        for p in self.profile.iter().filter(|p| !p.streamed) {
             let inclusive = if p.digest.top_inclusive.is_empty() {
                 Vec::new()
             } else {
@@ -734,7 +747,7 @@ impl Report {
                 let _ = writeln!(
                     o,
                     "\n{title}, {}:\n\n| function | instructions per request | share |\n|---|---:|---:|",
-                    p.proxy.label()
+                    p.label()
                 );
                 Self::function_rows(o, rows);
             }

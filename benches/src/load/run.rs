@@ -569,14 +569,31 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     if opts.profile_requests > 0 {
         match valgrind_version() {
             Some(version) => {
-                let ctx = ProfileCtx {
-                    client: &client,
-                    dir,
-                    bodies: &bodies,
-                    requests: opts.profile_requests,
-                };
-                for mode in [Mode::Floor, Mode::Switchyard] {
-                    progress(&format!("{}: callgrind profile", mode.label()));
+                // The sims answer both kinds with the same 8 chunks; a streaming request is
+                // passed on chunk by chunk, a non-streaming one aggregated.
+                let streamed_bodies: Vec<Bytes> = CHAT_MODELS
+                    .iter()
+                    .map(|m| policy::chat_body(m, true))
+                    .collect();
+                for (streamed, mode) in [
+                    (false, Mode::Floor),
+                    (false, Mode::Switchyard),
+                    (true, Mode::Floor),
+                    (true, Mode::Switchyard),
+                ] {
+                    let ctx = ProfileCtx {
+                        client: &client,
+                        dir,
+                        bodies: if streamed { &streamed_bodies } else { &bodies },
+                        requests: opts.profile_requests,
+                        kind: if streamed {
+                            "streaming"
+                        } else {
+                            "non-streaming"
+                        },
+                    };
+                    let kind = ctx.kind;
+                    progress(&format!("{}: callgrind profile, {kind}", mode.label()));
                     let digest = match mode {
                         Mode::Floor => ctx.floor(sims[0]).await,
                         _ => ctx.switchyard(&opts.switchyard, &policy_file).await,
@@ -584,6 +601,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
                     match digest {
                         Ok(digest) => report.profile.push(ProfileRow {
                             proxy: mode,
+                            streamed,
                             digest,
                         }),
                         Err(e) => report
@@ -592,7 +610,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
                     }
                 }
                 report.notes.push(format!(
-                    "profile: {version} `--tool=callgrind`, instrumentation switched on (`callgrind_control -i on`) after a warm-up and off after exactly {} requests over 4 connections; `perf stat -e instructions` is not supported in this VM",
+                    "profile: {version} `--tool=callgrind`, instrumentation switched on (`callgrind_control -i on`) after a warm-up and off after exactly {} requests over 4 connections, once with non-streaming and once with streaming requests (dumps `target/bench/work/callgrind.<proxy>.<kind>.out.1`); `perf stat -e instructions` is not supported in this VM",
                     opts.profile_requests
                 ));
             }
@@ -772,11 +790,13 @@ struct ProfileCtx<'a> {
     dir: &'a Path,
     bodies: &'a [Bytes],
     requests: u64,
+    /// `streaming` or `non-streaming`, in the dump's file name.
+    kind: &'static str,
 }
 
 impl ProfileCtx<'_> {
     async fn floor(&self, sim: SocketAddr) -> Result<Digest, String> {
-        let out = self.dir.join("callgrind.floor.out");
+        let out = self.dir.join(format!("callgrind.floor.{}.out", self.kind));
         let (proc, addrs) = start_floor(
             &[sim],
             &callgrind_wrapper(&out),
@@ -788,7 +808,9 @@ impl ProfileCtx<'_> {
     }
 
     async fn switchyard(&self, bin: &Path, policy: &Path) -> Result<Digest, String> {
-        let out = self.dir.join("callgrind.switchyard.out");
+        let out = self
+            .dir
+            .join(format!("callgrind.switchyard.{}.out", self.kind));
         let proxy = start_switchyard(
             self.client,
             bin,
