@@ -261,6 +261,30 @@ pub fn sim_provider(sim: &switchyard_sim::Sim, key_env: Option<&str>) -> Value {
     p
 }
 
+/// Merges `from` into `into` key by key (objects recursively; anything else replaces).
+pub fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// The `providers` object for `sims` (each keyed by its id, no key required) and their ids
+/// in the order given, for a default provider `order`.
+pub fn sim_providers<'a>(
+    sims: &[(&'a str, &switchyard_sim::Sim)],
+) -> (serde_json::Map<String, Value>, Vec<&'a str>) {
+    let providers = sims
+        .iter()
+        .map(|(id, s)| ((*id).to_string(), sim_provider(s, None)))
+        .collect();
+    (providers, sims.iter().map(|(id, _)| *id).collect())
+}
+
 /// A sim named `name` answering with `sequence` first, then `default`.
 pub async fn start_sim(
     name: &str,

@@ -15,11 +15,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use switchyard_sim::{Behavior, Call, Sim, SimConfig, expected_text, prompt_tokens};
 use switchyard_tests::{
-    Answer, Proxy, RedisServer, free_port, post_json, provider_endpoint as ep, send, sim_provider,
-    sse_data, start_sim as sim,
+    Answer, Proxy, RedisServer, free_port, merge, post_json, provider_endpoint as ep, send,
+    sim_providers, sse_data, start_sim as sim,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -44,11 +44,7 @@ fn model_m() -> Value {
 /// A policy over `sims` (tried in the order given) with `budgets`, timeouts loose enough for
 /// slow sims, and `overrides` merged over it key by key.
 fn policy(sims: &[(&str, &Sim)], models: Value, budgets: Value, overrides: Value) -> Value {
-    let providers: Map<String, Value> = sims
-        .iter()
-        .map(|(id, s)| ((*id).to_string(), sim_provider(s, None)))
-        .collect();
-    let order: Vec<&str> = sims.iter().map(|(id, _)| *id).collect();
+    let (providers, order) = sim_providers(sims);
     let mut p = json!({
         "providers": providers,
         "models": models,
@@ -63,17 +59,6 @@ fn policy(sims: &[(&str, &Sim)], models: Value, budgets: Value, overrides: Value
     });
     merge(&mut p, overrides);
     p
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
 }
 
 fn chat(model: &str, stream: bool, max_tokens: u64) -> Value {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use switchyard_sim::{Behavior, Call, Sim, SimConfig, fingerprint};
 use switchyard_tests::{
-    Answer, OtlpReceiver, Proxy, endpoint, post_json, promtool_check, scrape, send, sim_provider,
-    sse_data, workspace_root,
+    Answer, OtlpReceiver, Proxy, endpoint, merge, post_json, promtool_check, scrape, send,
+    sim_provider, sse_data, workspace_root,
 };
 
 const CHAT: &str = "/v1/chat/completions";
@@ -64,17 +64,6 @@ fn random_hex(n: usize) -> String {
     }
     s.truncate(n);
     s
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
 }
 
 struct Fleet {

@@ -10,12 +10,12 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use switchyard_sim::{
     Behavior, Call, Outcome, Sim, SimConfig, continuation_text, expected_text, prompt_tokens,
 };
 use switchyard_tests::{
-    Answer, Proxy, post_json, provider_endpoint as ep, send, sim_provider, sse_data,
+    Answer, Proxy, merge, post_json, provider_endpoint as ep, send, sim_providers, sse_data,
     start_sim as sim,
 };
 use tokio::io::AsyncWriteExt;
@@ -46,11 +46,7 @@ fn ep_prefill(provider: &str, model: &str, prompt: f64, completion: f64) -> Valu
 /// order, so every test knows which endpoint is tried first) with small timeouts; `overrides`
 /// is merged over it key by key.
 fn policy(sims: &[(&str, &Sim)], models: Value, overrides: Value) -> Value {
-    let providers: Map<String, Value> = sims
-        .iter()
-        .map(|(id, s)| ((*id).to_string(), sim_provider(s, None)))
-        .collect();
-    let order: Vec<&str> = sims.iter().map(|(id, _)| *id).collect();
+    let (providers, order) = sim_providers(sims);
     let mut p = json!({
         "providers": providers,
         "models": models,
@@ -67,17 +63,6 @@ fn policy(sims: &[(&str, &Sim)], models: Value, overrides: Value) -> Value {
     });
     merge(&mut p, overrides);
     p
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
 }
 
 fn chat(model: &str, stream: bool) -> Value {

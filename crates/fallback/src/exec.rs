@@ -130,7 +130,9 @@ pub(crate) struct AttemptMeta {
     pub(crate) reservation: Option<u32>,
     /// The attempt's span (OpenTelemetry GenAI client span once exported).
     pub(crate) span: tracing::Span,
-    /// Where the upstream adapter folds the chunks of an answer aggregated for the caller.
+    /// Where the upstream adapter folds the attempt's answer: the caller's whole body, or
+    /// (a tap) the aggregate a streamed answer keeps for a continuation. `None` for a
+    /// continuation, which the committed stream folds into the answer it continues.
     pub(crate) sink: Option<AggregateSink>,
 }
 
@@ -926,7 +928,6 @@ impl<S> Exec<S> {
             .cost(self.parsed.estimated_prompt_tokens(), output_tokens)
     }
 
-    /// Usage to report when the upstream reported none: marked estimated.
     /// A fresh aggregate of one attempt's answer, rewritten for the caller (served model,
     /// provider and cost). A whole-body answer always carries usage, as OpenAI's does.
     fn aggregator(&self, endpoint: &Endpoint) -> Aggregator {
@@ -944,6 +945,7 @@ impl<S> Exec<S> {
         .with_rewrite(&rewrite)
     }
 
+    /// Usage to report when the upstream reported none: marked estimated.
     pub(crate) fn estimated_usage(
         &self,
         meta: &AttemptMeta,

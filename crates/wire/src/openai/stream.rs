@@ -336,7 +336,8 @@ fn classify<'a>(
     (kind, typed)
 }
 
-/// How many choices `choices` holds, and whether any of them carries model output.
+/// How many choices `choices` holds, whether any of them carries model output, and the
+/// choices as the typed pass read them (`None` when it could not).
 ///
 /// One typed pass over the array in the common case; an array the typed pass rejects
 /// (elements that are not objects, duplicate keys) is walked member by member instead, so
