@@ -1184,7 +1184,7 @@ async fn a_client_that_leaves_cancels_the_upstream_call_and_any_retry() {
     let r429 = sim(
         "r",
         Behavior::ok(),
-        vec![Behavior::ok().status(429).retry_after("2")],
+        vec![Behavior::ok().status(429).retry_after("3")],
     )
     .await;
     let j = sim("j", Behavior::ok(), vec![Behavior::ok().status(500)]).await;
@@ -1230,13 +1230,21 @@ async fn a_client_that_leaves_cancels_the_upstream_call_and_any_retry() {
     tokio::time::sleep(Duration::from_millis(1800).saturating_sub(started.elapsed())).await;
     assert_eq!((a.call_count(), b.call_count()), (1, 0));
 
-    // Waiting out a Retry-After.
+    // Waiting out a Retry-After (3 s, so that a slow test thread still leaves well before it).
     let tcp = send_and_hold(&proxy, &chat("limited", false)).await;
     wait_calls(&r429, 1).await;
+    let seen = Instant::now();
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(tcp);
-    tokio::time::sleep(Duration::from_millis(2300)).await;
-    assert_eq!(r429.call_count(), 1, "retried for a client that is gone");
+    let left_after = seen.elapsed();
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    let calls: Vec<u64> = r429.calls().iter().map(|c| c.at_ms).collect();
+    assert_eq!(
+        calls.len(),
+        1,
+        "retried for a client that is gone: calls at {calls:?} ms (sim clock), the client \
+         left {left_after:?} after the first was seen"
+    );
 
     // In a jittered backoff after a 500.
     let tcp = send_and_hold(&proxy, &chat("flaky", false)).await;
