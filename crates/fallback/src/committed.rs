@@ -27,7 +27,18 @@ pub(crate) struct Committed<S> {
     continued_on: Vec<Arc<str>>,
     /// A continuation's events are flowing: its preamble is not shown again.
     continuing: bool,
+    /// What the aggregate held when the attempt in flight began: its charge counts only what
+    /// came after (earlier attempts were settled when they failed).
+    base: Base,
     done: bool,
+}
+
+/// The aggregate's output and usage when a continuation began.
+#[derive(Clone, Copy, Default)]
+struct Base {
+    text_len: usize,
+    events: u64,
+    usage: Option<switchyard_core::Usage>,
 }
 
 impl<S> Committed<S>
@@ -54,6 +65,7 @@ where
             original: None,
             continued_on: Vec::new(),
             continuing: false,
+            base: Base::default(),
             done: false,
         }
     }
@@ -144,27 +156,6 @@ where
             .await;
     }
 
-    /// What the attempt in flight is charged: its reported usage, else an estimate from the
-    /// output the client has received (never zero once output reached it).
-    fn charge(&self) -> (Option<switchyard_core::Usage>, Charge) {
-        match self.agg.usage() {
-            Some(u) => (Some(u), Charge::Reported(u.cost)),
-            None => {
-                let u = self
-                    .exec
-                    .estimated_usage(&self.meta, self.output_tokens_estimate());
-                (Some(u), Charge::Estimated(u.cost))
-            }
-        }
-    }
-
-    /// Tokens of output seen: at least one per output event, at least a token per four
-    /// characters of text.
-    fn output_tokens_estimate(&self) -> u64 {
-        let by_chars = (self.agg.partial_text_len() as u64).div_ceil(4);
-        self.agg.output_events().max(by_chars)
-    }
-
     /// After the commit point: report the failure, try to continue the answer elsewhere,
     /// else end with an explicit error naming the first failure.
     async fn fail(&mut self, class: Class, detail: String) {
@@ -190,7 +181,13 @@ where
                         ..
                     } => {
                         // Only the output of the continuation reaches the client; its own
-                        // aggregate is folded into ours for any further continuation.
+                        // aggregate is folded into ours for any further continuation, and
+                        // its charge counts from here.
+                        self.base = Base {
+                            text_len: self.agg.partial_text_len(),
+                            events: self.agg.output_events(),
+                            usage: self.agg.usage(),
+                        };
                         for ev in &held {
                             if ev.kind != EventKind::Preamble {
                                 let _ = self.agg.push_unfolded(ev);
@@ -240,6 +237,33 @@ where
     }
 }
 
+impl<S> Committed<S> {
+    /// What the attempt in flight is charged: its reported usage, else an estimate from the
+    /// output it sent the client (never zero once output reached it).
+    fn charge(&self) -> (Option<switchyard_core::Usage>, Charge) {
+        match self.agg.usage() {
+            Some(u) if Some(u) != self.base.usage => (Some(u), Charge::Reported(u.cost)),
+            _ => {
+                let u = self
+                    .exec
+                    .estimated_usage(&self.meta, self.output_tokens_estimate());
+                (Some(u), Charge::Estimated(u.cost))
+            }
+        }
+    }
+
+    /// Tokens of output the attempt in flight sent: at least one per output event, at least a
+    /// token per four bytes of text.
+    fn output_tokens_estimate(&self) -> u64 {
+        let text = self
+            .agg
+            .partial_text_len()
+            .saturating_sub(self.base.text_len);
+        let events = self.agg.output_events().saturating_sub(self.base.events);
+        events.max((text as u64).div_ceil(4))
+    }
+}
+
 impl<S> Drop for Committed<S> {
     /// The client went away mid-stream: the upstream is dropped with us (closing its
     /// connection), and what the client received is settled as an estimate.
@@ -247,16 +271,7 @@ impl<S> Drop for Committed<S> {
         if self.done {
             return;
         }
-        let (usage, charge) = match self.agg.usage() {
-            Some(u) => (Some(u), Charge::Reported(u.cost)),
-            None => {
-                let by_chars = (self.agg.partial_text_len() as u64).div_ceil(4);
-                let u = self
-                    .exec
-                    .estimated_usage(&self.meta, self.agg.output_events().max(by_chars));
-                (Some(u), Charge::Estimated(u.cost))
-            }
-        };
+        let (usage, charge) = self.charge();
         let meta = self.meta.clone();
         self.exec.abandon(&meta, usage, charge);
     }

@@ -890,6 +890,46 @@ async fn a_stream_cut_before_its_usage_settles_an_estimate_above_zero() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn each_continuation_is_charged_only_for_its_own_output() {
+    let (h, g) = with_guard(&[]);
+    // 2 output events, 9 bytes: estimated at 3 tokens.
+    h.script.on(
+        "a/m",
+        Step::Stream(vec![role(), text("Hello "), text("wor"), cut()]),
+    );
+    // The first continuation sends 1 event of 2 bytes (1 token), then is cut as well.
+    h.script
+        .on("a/m", Step::Stream(vec![role(), text("ld"), cut()]));
+    // The second reports its usage.
+    h.script.on(
+        "b/m",
+        Step::Stream(vec![
+            role(),
+            text("!"),
+            stop(),
+            usage_chunk(20, 1, 0.5),
+            done(),
+        ]),
+    );
+    let raw = body_text(h.send(chat(true), &["a/m", "b/m"]).await.unwrap()).await;
+    assert_eq!(streamed_content(&raw), "Hello world!");
+    assert_eq!(h.script.calls(), ["a/m", "a/m", "b/m"]);
+    let settled = g.settled.lock().unwrap().clone();
+    assert_eq!(settled.len(), 3, "{settled:?}");
+    let per_output_token = h.snapshot.endpoint("a/m").unwrap().pricing.cost(0, 1);
+    let (first, second) = (settled[0], settled[1]);
+    assert!(
+        first.2 && second.2,
+        "both cut attempts are estimates: {settled:?}"
+    );
+    assert!(
+        (first.1 - second.1 - 2.0 * per_output_token).abs() < 1e-15,
+        "the first continuation was charged for more than its own token: {settled:?}"
+    );
+    assert_eq!(settled[2], (3, 0.5, false));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_client_that_leaves_mid_stream_is_charged_what_it_received() {
     use http_body_util::BodyExt;
     let (h, g) = with_guard(&[]);
