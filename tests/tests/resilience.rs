@@ -547,7 +547,11 @@ async fn a_cut_stream_is_continued_and_the_client_gets_one_complete_answer() {
     );
 
     // Continued on the same endpoint first.
-    let (r, _) = ask(&proxy, &chat("m", true)).await;
+    let body = with(
+        chat("m", true),
+        json!({"stream_options": {"include_usage": true}}),
+    );
+    let (r, _) = ask(&proxy, &body).await;
     assert_status(&r, 200);
     assert_eq!(r.header("x-switchyard-provider"), Some("a"));
     let s = streamed(&r);
@@ -555,6 +559,24 @@ async fn a_cut_stream_is_continued_and_the_client_gets_one_complete_answer() {
     let calls = a.calls();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0].outcome, Some(Outcome::Cut { chunks: 3 }));
+    // The usage shown covers the whole answer: the cut attempt (estimated, at least a token
+    // per chunk it sent) and the continuation (as reported), prompts included.
+    let usage = s.usage.expect("usage asked for but not reported");
+    let continued = WORDS - 3;
+    assert!(
+        usage["completion_tokens"].as_u64().unwrap() >= 3 + continued,
+        "{usage}"
+    );
+    let continuation_prompt = prompt_tokens(&calls[1].body);
+    assert!(
+        usage["prompt_tokens"].as_u64().unwrap() > continuation_prompt,
+        "{usage}"
+    );
+    let continuation_cost = (continuation_prompt + continued) as f64 / 1e6;
+    assert!(
+        usage["cost"].as_f64().unwrap() > continuation_cost + 1e-12,
+        "{usage}"
+    );
     assert_eq!(
         *last_message(&calls[1]),
         json!({"role": "assistant", "content": FIRST3})

@@ -30,6 +30,9 @@ pub(crate) struct Committed<S> {
     /// What the aggregate held when the attempt in flight began: its charge counts only what
     /// came after (earlier attempts were settled when they failed).
     base: Base,
+    /// What the answer's earlier, failed attempts were charged: added to the usage the
+    /// continuation reports, so that the client's usage is what the whole answer cost.
+    earlier: Option<switchyard_core::Usage>,
     done: bool,
 }
 
@@ -66,6 +69,7 @@ where
             continued_on: Vec::new(),
             continuing: false,
             base: Base::default(),
+            earlier: None,
             done: false,
         }
     }
@@ -107,12 +111,14 @@ where
                         // The aggregate only serves a continuation; the client gets the event
                         // as the upstream sent it either way. A continuation's events were
                         // folded by no adapter into this aggregate.
-                        let _ = if self.continuing {
-                            self.agg.push_unfolded(&ev)
-                        } else {
-                            self.agg.push(&ev)
-                        };
-                        return Some(Ok(ev));
+                        if !self.continuing {
+                            let _ = self.agg.push(&ev);
+                            return Some(Ok(ev));
+                        }
+                        // The aggregate keeps the continuation's own usage (its charge); the
+                        // client is shown the whole answer's.
+                        let _ = self.agg.push_unfolded(&ev);
+                        return Some(Ok(with_earlier_usage(ev, self.earlier)));
                     }
                 },
                 Some(Err(e)) => {
@@ -161,6 +167,7 @@ where
     async fn fail(&mut self, class: Class, detail: String) {
         let meta = self.meta.clone();
         let (usage, charge) = self.charge();
+        self.earlier = sum_usage(self.earlier, usage);
         self.exec
             .report(&meta, class, Some(200), None, detail.clone(), usage, charge)
             .await;
@@ -275,6 +282,52 @@ impl<S> Drop for Committed<S> {
         let meta = self.meta.clone();
         self.exec.abandon(&meta, usage, charge);
     }
+}
+
+fn sum_usage(
+    a: Option<switchyard_core::Usage>,
+    b: Option<switchyard_core::Usage>,
+) -> Option<switchyard_core::Usage> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(switchyard_core::Usage {
+            prompt_tokens: a.prompt_tokens + b.prompt_tokens,
+            completion_tokens: a.completion_tokens + b.completion_tokens,
+            cost: a.cost + b.cost,
+            estimated: a.estimated || b.estimated,
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A continuation's usage event, with the earlier attempts' usage added to its tokens and
+/// cost (in the bytes the client reads and in the event's metering). Events without usage,
+/// and usage chunks that are not a JSON object with a `usage` object, pass unchanged.
+fn with_earlier_usage(mut ev: Event, earlier: Option<switchyard_core::Usage>) -> Event {
+    let (Some(own), Some(earlier)) = (ev.usage, earlier) else {
+        return ev;
+    };
+    let total = sum_usage(Some(own), Some(earlier)).unwrap_or(own);
+    ev.usage = Some(total);
+    if ev.bytes.is_empty() {
+        return ev;
+    }
+    let Ok(mut chunk) =
+        serde_json::from_slice::<serde_json::Value>(crate::exec::sse_data(&ev.bytes))
+    else {
+        return ev;
+    };
+    let Some(usage) = chunk.get_mut("usage").and_then(|u| u.as_object_mut()) else {
+        return ev;
+    };
+    usage.insert("prompt_tokens".into(), total.prompt_tokens.into());
+    usage.insert("completion_tokens".into(), total.completion_tokens.into());
+    usage.insert(
+        "total_tokens".into(),
+        (total.prompt_tokens + total.completion_tokens).into(),
+    );
+    usage.insert("cost".into(), total.cost.into());
+    ev.bytes = bytes::Bytes::from(format!("data: {chunk}\n\n"));
+    ev
 }
 
 /// Adapts a boxed stream of events to the body's event source.

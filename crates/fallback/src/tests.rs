@@ -927,6 +927,28 @@ async fn each_continuation_is_charged_only_for_its_own_output() {
         "the first continuation was charged for more than its own token: {settled:?}"
     );
     assert_eq!(settled[2], (3, 0.5, false));
+
+    // The client is shown what the whole answer cost, not only its last part.
+    let usage: Vec<Value> = raw
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v.get("usage").cloned())
+        .collect();
+    assert_eq!(usage.len(), 1, "{raw}");
+    let charged: f64 = settled.iter().map(|s| s.1).sum();
+    assert!(
+        (usage[0]["cost"].as_f64().unwrap() - charged).abs() < 1e-12,
+        "the client saw {} but {charged} was charged",
+        usage[0]["cost"]
+    );
+    assert_eq!(usage[0]["completion_tokens"], 3 + 1 + 1);
+    let prompt = usage[0]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(usage[0]["total_tokens"].as_u64().unwrap(), prompt + 5);
+    assert!(
+        prompt > 20,
+        "the earlier attempts' prompts are missing: {prompt}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
