@@ -1279,3 +1279,66 @@ async fn a_client_that_leaves_cancels_the_upstream_call_and_any_retry() {
     let v = assert_still_healthy(&proxy, &chat("limited", false)).await;
     assert_eq!(v["provider"], "r");
 }
+
+// 21. An endpoint with `limits.max_in_flight_per_endpoint` attempts out sheds the next one:
+// the request moves on to another endpoint at once, or gets a 503 when none is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_at_its_in_flight_limit_sheds_to_the_next_and_recovers_when_one_ends() {
+    let a = sim("a", Behavior::ok().never_answer(), vec![]).await;
+    let b = sim("b", Behavior::ok(), vec![]).await;
+    let models =
+        json!({ "m": { "endpoints": [ ep("a", "m", 1.0, 1.0), ep("b", "m", 1.0, 1.0) ] } });
+    let overrides = json!({ "defaults": {
+        "timeouts": { "first_token": "20s", "total": "30s" },
+        "limits": { "max_in_flight_per_endpoint": 2 }
+    } });
+    let proxy = Proxy::start(&policy(&[("a", &a), ("b", &b)], models, overrides));
+    let only_a = with(chat("m", false), json!({"provider": {"only": ["a"]}}));
+    let in_flight = |endpoint: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let v = send("GET", &proxy.admin_url("/admin/providers"), &[], Vec::new())
+                .await
+                .json();
+            let e = v["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["endpoint"] == endpoint)
+                .cloned()
+                .unwrap_or_else(|| panic!("{endpoint} not in /admin/providers: {v}"));
+            e["in_flight"].as_u64().unwrap()
+        }
+    };
+
+    // Two requests wait on a, which never answers: a is full.
+    let first = send_and_hold(&proxy, &only_a).await;
+    let _second = send_and_hold(&proxy, &only_a).await;
+    wait_calls(&a, 2).await;
+    assert_eq!(in_flight("a/m").await, 2);
+
+    // A third that may only use a is shed at once, without reaching it.
+    let (r, took) = ask(&proxy, &only_a).await;
+    assert_status(&r, 503);
+    assert!(took < Duration::from_secs(2), "shedding waited {took:?}");
+    assert!(r.header("retry-after").is_some(), "{}", body_text(&r));
+    assert!(body_text(&r).contains("in flight"), "{}", body_text(&r));
+    assert_eq!(a.call_count(), 2);
+
+    // One that may fall back is served by b, still without a call to a.
+    let (r, _) = ask(&proxy, &chat("m", false)).await;
+    assert_status(&r, 200);
+    assert_eq!(r.header("x-switchyard-provider"), Some("b"));
+    assert_eq!((a.call_count(), b.call_count()), (2, 1));
+
+    // When one of the waiting clients leaves, its place is free again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while in_flight("a/m").await != 1 {
+        assert!(Instant::now() < deadline, "the place was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _third = send_and_hold(&proxy, &only_a).await;
+    wait_calls(&a, 3).await;
+    assert_eq!(in_flight("a/m").await, 2);
+}

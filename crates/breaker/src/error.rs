@@ -30,7 +30,16 @@ pub struct CredentialCooldown {
     pub retry_in: Duration,
 }
 
-/// Shared answer of the three refusals: they are Switchyard's own decision not to try an
+/// The endpoint has as many attempts in flight as `limits.max_in_flight_per_endpoint` allows.
+#[derive(Debug, thiserror::Error)]
+#[error("endpoint '{endpoint}' has {limit} requests in flight, its limit; retry in {retry_in:?}")]
+pub struct EndpointSaturated {
+    pub endpoint: Arc<str>,
+    pub limit: u32,
+    pub retry_in: Duration,
+}
+
+/// Shared answer of the refusals: they are Switchyard's own decision not to try an
 /// endpoint, so they are 503s, never attempts (`class()` stays `None`) and always skipped.
 macro_rules! refusal_error {
     ($ty:ty, $code:literal, $key:literal, $field:ident) => {
@@ -64,6 +73,12 @@ refusal_error!(BreakerOpen, "breaker_open", "endpoint", endpoint);
 refusal_error!(
     RateLimitCooldown,
     "rate_limit_cooldown",
+    "endpoint",
+    endpoint
+);
+refusal_error!(
+    EndpointSaturated,
+    "endpoint_saturated",
     "endpoint",
     endpoint
 );

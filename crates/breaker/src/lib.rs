@@ -9,11 +9,15 @@
 //! - the endpoint's **rate-limit cooldown** after a 429 (its `Retry-After`, else 1 s, at most
 //!   60 s);
 //! - the provider's **credential cooldown** after a rejected key (5 min by default), which
-//!   covers every endpoint of that provider: the same key is not tried again meanwhile.
+//!   covers every endpoint of that provider: the same key is not tried again meanwhile;
+//! - the endpoint's **in-flight limit** (`limits.max_in_flight_per_endpoint`, 256 by
+//!   default): an endpoint with that many attempts out sheds the next one instead of queueing
+//!   it. An admitted attempt holds an [`InFlightPermit`] inside its response body, so a stream
+//!   counts until it ends or its reader goes away.
 //!
 //! A refusal fails the attempt at once, without calling inward, as a 503 [`BreakerOpen`],
-//! [`RateLimitCooldown`] or [`CredentialCooldown`] that is marked skipped: the fallback
-//! executor moves to the next candidate without counting an attempt.
+//! [`RateLimitCooldown`], [`CredentialCooldown`] or [`EndpointSaturated`] that is marked
+//! skipped: the fallback executor moves to the next candidate without counting an attempt.
 //!
 //! State lives in the long-lived [`BreakerRegistry`], keyed by stable endpoint and provider
 //! ids, so it survives policy reloads. This layer does not record outcomes: the fallback
@@ -26,22 +30,89 @@ mod layer;
 mod registry;
 mod state;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
-use switchyard_core::{BoxError, ShortCircuit};
-use switchyard_policy::{Endpoint, Snapshot};
+use switchyard_core::{BoxError, Event, EventSource, ProxyBody, ShortCircuit};
+use switchyard_policy::{Endpoint, Limits, Snapshot};
 use tokio::time::Instant;
 use tower::Service;
 
-pub use error::{BreakerOpen, CredentialCooldown, RateLimitCooldown};
+pub use error::{BreakerOpen, CredentialCooldown, EndpointSaturated, RateLimitCooldown};
 pub use layer::BreakerLayer;
-pub use registry::{BreakerRegistry, RegistryConfig, StateView};
+pub use registry::{BreakerRegistry, InFlightPermit, RegistryConfig, StateView};
 pub use state::{Admission, Circuit, CircuitView, Phase, Refusal, open_period};
 
-/// Response future of [`Breaker`]: the inner call, or the refusal decided before it.
-pub type ResponseFuture<F, R> = ShortCircuit<F, R>;
+/// Response future of [`Breaker`]: the inner call holding its in-flight permit, or the
+/// refusal decided before it.
+pub type ResponseFuture<F, R> = ShortCircuit<Holding<F>, R>;
+
+/// A response that can keep an attempt's [`InFlightPermit`] for as long as it matters.
+pub trait HoldPermit {
+    /// This response, keeping `permit` until the attempt is over.
+    fn hold(self, permit: InFlightPermit) -> Self;
+}
+
+impl HoldPermit for http::Response<ProxyBody> {
+    /// A streamed body keeps the permit until it is dropped; a body already in memory ends
+    /// the attempt, and the permit is given back at once.
+    fn hold(self, permit: InFlightPermit) -> Self {
+        let (parts, body) = self.into_parts();
+        let body = match body.into_events() {
+            Ok(source) => ProxyBody::events(Permitted {
+                source,
+                _permit: permit,
+            }),
+            Err(full) => full,
+        };
+        http::Response::from_parts(parts, body)
+    }
+}
+
+/// An attempt's event stream with its in-flight permit.
+struct Permitted {
+    source: Pin<Box<dyn EventSource>>,
+    _permit: InFlightPermit,
+}
+
+impl EventSource for Permitted {
+    fn poll_event(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Event, BoxError>>> {
+        self.source.as_mut().poll_event(cx)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call of an admitted attempt; its response takes the permit, an error drops it.
+    #[derive(Debug)]
+    pub struct Holding<F> {
+        #[pin]
+        fut: F,
+        permit: Option<InFlightPermit>,
+    }
+}
+
+impl<F, R> Future for Holding<F>
+where
+    F: Future<Output = Result<R, BoxError>>,
+    R: HoldPermit,
+{
+    type Output = Result<R, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.fut.poll(cx));
+        Poll::Ready(match (out, this.permit.take()) {
+            (Ok(resp), Some(permit)) => Ok(resp.hold(permit)),
+            (out, _) => out,
+        })
+    }
+}
 
 /// Refuses an attempt whose endpoint is broken or cooling down; passes the others inward.
 ///
@@ -63,6 +134,7 @@ impl<S> Breaker<S> {
 impl<S, B> Service<Request<B>> for Breaker<S>
 where
     S: Service<Request<B>, Error = BoxError>,
+    S::Response: HoldPermit,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -74,15 +146,31 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(endpoint) = req.extensions().get::<Arc<Endpoint>>() else {
-            return ShortCircuit::inner(self.inner.call(req));
+            return ShortCircuit::inner(Holding {
+                fut: self.inner.call(req),
+                permit: None,
+            });
         };
-        let settings = req
-            .extensions()
-            .get::<Arc<Snapshot>>()
-            .map(|s| s.defaults().breaker)
-            .unwrap_or_default();
-        match self.registry.admit(endpoint, &settings, Instant::now()) {
-            Ok(_) => ShortCircuit::inner(self.inner.call(req)),
+        let (settings, limit) = req.extensions().get::<Arc<Snapshot>>().map_or_else(
+            || {
+                (
+                    Default::default(),
+                    Limits::default().max_in_flight_per_endpoint,
+                )
+            },
+            |s| {
+                let d = s.defaults();
+                (d.breaker, d.limits.max_in_flight_per_endpoint)
+            },
+        );
+        match self
+            .registry
+            .admit_within(endpoint, &settings, limit, Instant::now())
+        {
+            Ok((_, permit)) => ShortCircuit::inner(Holding {
+                fut: self.inner.call(req),
+                permit: Some(permit),
+            }),
             Err(refusal) => {
                 tracing::debug!(
                     endpoint = %endpoint.id,
@@ -109,6 +197,11 @@ pub fn refusal_error(refusal: Refusal, endpoint: &Endpoint) -> BoxError {
         }),
         Refusal::CredentialCooldown { retry_in } => Failure::boxed(CredentialCooldown {
             provider: Arc::clone(&endpoint.provider.id),
+            retry_in,
+        }),
+        Refusal::Saturated { limit, retry_in } => Failure::boxed(EndpointSaturated {
+            endpoint: Arc::clone(&endpoint.id),
+            limit,
             retry_in,
         }),
     }

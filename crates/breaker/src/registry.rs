@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,6 +57,8 @@ pub struct StateView {
     pub rate_limited_until: Option<Instant>,
     /// End of the provider's credential cooldown, while it lasts.
     pub credential_until: Option<Instant>,
+    /// Attempts on the endpoint holding an in-flight permit now.
+    pub in_flight: u32,
 }
 
 impl StateView {
@@ -70,6 +73,7 @@ impl StateView {
             probe_in_flight: false,
             rate_limited_until: None,
             credential_until: None,
+            in_flight: 0,
         }
     }
 }
@@ -77,6 +81,32 @@ impl StateView {
 struct EndpointEntry {
     provider: Arc<str>,
     state: Mutex<EntryState>,
+    /// Attempts admitted with a permit and not yet finished (their bodies not yet dropped).
+    in_flight: AtomicU32,
+}
+
+/// Wait suggested to a caller shed because every endpoint it could use was saturated.
+const SATURATED_RETRY: Duration = Duration::from_secs(1);
+
+/// One attempt's place in its endpoint's in-flight count, given back when dropped. The
+/// breaker layer keeps it with the attempt's response body, so a stream holds its place
+/// until it ends or its reader goes away.
+pub struct InFlightPermit {
+    entry: Arc<EndpointEntry>,
+}
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        self.entry.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl fmt::Debug for InFlightPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlightPermit")
+            .field("in_flight", &self.entry.in_flight.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 struct EntryState {
@@ -153,6 +183,42 @@ impl BreakerRegistry {
     ) -> Result<Admission, Refusal> {
         // Made first so that `state` can show this endpoint's provider cooldown.
         let entry = self.endpoint(&endpoint.id, &endpoint.provider.id);
+        self.admit_entry(&entry, endpoint, settings, now)
+    }
+
+    /// [`admit`](Self::admit), after taking one of the endpoint's `limit` in-flight places:
+    /// an endpoint with `limit` attempts out sheds the next one ([`Refusal::Saturated`]) before
+    /// its breaker is asked, so a shed attempt never takes a half-open breaker's probe. The
+    /// place is held by the returned permit.
+    pub fn admit_within(
+        &self,
+        endpoint: &Endpoint,
+        settings: &Settings,
+        limit: u32,
+        now: Instant,
+    ) -> Result<(Admission, InFlightPermit), Refusal> {
+        let entry = self.endpoint(&endpoint.id, &endpoint.provider.id);
+        let before = entry.in_flight.fetch_add(1, Ordering::AcqRel);
+        let permit = InFlightPermit {
+            entry: Arc::clone(&entry),
+        };
+        if before >= limit {
+            return Err(Refusal::Saturated {
+                limit,
+                retry_in: SATURATED_RETRY,
+            });
+        }
+        let admission = self.admit_entry(&entry, endpoint, settings, now)?;
+        Ok((admission, permit))
+    }
+
+    fn admit_entry(
+        &self,
+        entry: &EndpointEntry,
+        endpoint: &Endpoint,
+        settings: &Settings,
+        now: Instant,
+    ) -> Result<Admission, Refusal> {
         if let Some(provider) = self.providers.load().get(&*endpoint.provider.id)
             && let Some(until) = provider.until()
             && now < until
@@ -194,6 +260,7 @@ impl BreakerRegistry {
             probe_in_flight: c.probe_in_flight,
             rate_limited_until: c.rate_limited_until,
             credential_until,
+            in_flight: entry.in_flight.load(Ordering::Acquire),
         }
     }
 
@@ -251,6 +318,7 @@ impl BreakerRegistry {
                 circuit: Circuit::new(),
                 settings: Settings::default(),
             }),
+            in_flight: AtomicU32::new(0),
         });
         let mut next = Map::clone(&current);
         next.insert(Arc::from(id), Arc::clone(&created));

@@ -57,6 +57,9 @@ pub enum Refusal {
     RateLimitCooldown { retry_in: Duration },
     /// The provider's key was rejected and is cooling down.
     CredentialCooldown { retry_in: Duration },
+    /// The endpoint already has `limit` attempts in flight (`limits.max_in_flight_per_endpoint`):
+    /// the attempt is shed rather than queued.
+    Saturated { limit: u32, retry_in: Duration },
 }
 
 impl Refusal {
@@ -65,7 +68,8 @@ impl Refusal {
         match *self {
             Self::BreakerOpen { retry_in }
             | Self::RateLimitCooldown { retry_in }
-            | Self::CredentialCooldown { retry_in } => retry_in,
+            | Self::CredentialCooldown { retry_in }
+            | Self::Saturated { retry_in, .. } => retry_in,
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use serde_json::json;
-use switchyard_core::{AttemptObserver, AttemptReport, BoxError, Class, Failure};
+use switchyard_core::{
+    AttemptObserver, AttemptReport, BoxError, Class, Event, EventSource, Failure, ProxyBody,
+};
 use switchyard_policy::{Breaker as Settings, Endpoint, Snapshot, SystemEnv};
 use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -17,6 +19,10 @@ use crate::{
 };
 
 fn snapshot(breaker: serde_json::Value) -> Arc<Snapshot> {
+    snapshot_with(json!({ "breaker": breaker }))
+}
+
+fn snapshot_with(defaults: serde_json::Value) -> Arc<Snapshot> {
     let policy = json!({
         "providers": {
             "a": { "api": "openai", "base_url": "https://a.example.com/v1" },
@@ -26,7 +32,7 @@ fn snapshot(breaker: serde_json::Value) -> Arc<Snapshot> {
             "x": { "endpoints": [ { "provider": "a" }, { "provider": "b" } ] },
             "y": { "endpoints": [ { "provider": "a" } ] }
         },
-        "defaults": { "breaker": breaker }
+        "defaults": defaults
     });
     let compiled = switchyard_policy::compile(
         &policy.to_string(),
@@ -423,15 +429,15 @@ fn counting(
     calls: Arc<AtomicUsize>,
 ) -> impl Service<
     Request<()>,
-    Response = Response<&'static str>,
+    Response = Response<ProxyBody>,
     Error = BoxError,
-    Future = impl Future<Output = Result<Response<&'static str>, BoxError>>,
+    Future = impl Future<Output = Result<Response<ProxyBody>, BoxError>>,
 > + Clone {
     service_fn(move |_req: Request<()>| {
         let calls = Arc::clone(&calls);
         async move {
             calls.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, BoxError>(Response::new("ok"))
+            Ok::<_, BoxError>(Response::new(ProxyBody::full("ok")))
         }
     })
 }
@@ -453,7 +459,7 @@ async fn layer_refuses_without_calling_inward() {
 
     // First attempt passes and teaches the registry the policy's thresholds.
     let res = svc.ready().await.unwrap().call(attempt(&s, "a/x")).await;
-    assert_eq!(res.unwrap().into_body(), "ok");
+    assert_eq!(res.unwrap().body().as_full(), Some(&b"ok"[..]));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // Two failures open it under the policy's threshold of 2, not the default 5.
@@ -560,7 +566,7 @@ async fn layer_refuses_cooldowns_with_their_codes() {
 async fn layer_passes_requests_through_to_the_inner_service() {
     let s = snapshot(json!({}));
     let reg = Arc::new(BreakerRegistry::default());
-    let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<&'static str>>();
+    let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<ProxyBody>>();
     let mut svc = BreakerLayer::new(reg).layer(mock);
 
     handle.allow(1);
@@ -571,8 +577,8 @@ async fn layer_passes_requests_through_to_the_inner_service() {
         req.extensions().get::<Arc<Endpoint>>().unwrap().id.as_ref(),
         "a/x"
     );
-    send.send_response(Response::new("upstream"));
-    assert_eq!(fut.await.unwrap().into_body(), "upstream");
+    send.send_response(Response::new(ProxyBody::full("upstream")));
+    assert_eq!(fut.await.unwrap().body().as_full(), Some(&b"upstream"[..]));
 
     // Inner errors are passed outwards unchanged.
     handle.allow(1);
@@ -658,4 +664,163 @@ fn admissions_from_many_threads_take_one_probe() {
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
     assert_eq!(probes, 1);
+}
+
+/// A stream that never sends: an attempt in flight for as long as its body is kept.
+struct Endless;
+
+impl EventSource for Endless {
+    fn poll_event(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Event, BoxError>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// Answers every call with a stream that stays open, or with `fail` an error.
+fn streaming(
+    calls: Arc<AtomicUsize>,
+    fail: bool,
+) -> impl Service<
+    Request<()>,
+    Response = Response<ProxyBody>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<ProxyBody>, BoxError>>,
+> + Clone {
+    service_fn(move |_req: Request<()>| {
+        let calls = Arc::clone(&calls);
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if fail {
+                return Err::<Response<ProxyBody>, BoxError>("upstream refused".into());
+            }
+            Ok(Response::new(ProxyBody::events(Endless)))
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_at_its_in_flight_limit_sheds_the_next_attempt_until_a_stream_ends() {
+    let s = snapshot_with(json!({ "limits": { "max_in_flight_per_endpoint": 2 } }));
+    let reg = Arc::new(BreakerRegistry::default());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = BreakerLayer::new(Arc::clone(&reg)).layer(streaming(Arc::clone(&calls), false));
+    let in_flight = |id: &str| reg.state(id, Instant::now()).in_flight;
+
+    let first = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(attempt(&s, "a/x"))
+        .await
+        .unwrap();
+    let second = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(attempt(&s, "a/x"))
+        .await
+        .unwrap();
+    assert_eq!(in_flight("a/x"), 2);
+
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(attempt(&s, "a/x"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "a shed attempt must not call inward"
+    );
+    let f = Failure::find(&*err).unwrap().get();
+    assert_eq!(f.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(f.code(), "endpoint_saturated");
+    assert!(f.skipped() && f.class().is_none());
+    assert_eq!(f.retry_after(), Some(secs(1)));
+    assert_eq!(f.metadata().unwrap()["endpoint"], "a/x");
+    assert!(err.to_string().contains("2 requests in flight"), "{err}");
+    // The refusal gave its place back; the other endpoint has its own count.
+    assert_eq!(in_flight("a/x"), 2);
+    assert!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(attempt(&s, "b/x"))
+            .await
+            .is_ok()
+    );
+
+    // A stream that ends (its body dropped) makes room for one more.
+    drop(first);
+    assert_eq!(in_flight("a/x"), 1);
+    let third = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(attempt(&s, "a/x"))
+        .await
+        .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    drop((second, third));
+    assert_eq!(in_flight("a/x"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_in_memory_and_failed_calls_give_their_place_back_at_once() {
+    let s = snapshot_with(json!({ "limits": { "max_in_flight_per_endpoint": 1 } }));
+    let reg = Arc::new(BreakerRegistry::default());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut full = BreakerLayer::new(Arc::clone(&reg)).layer(counting(Arc::clone(&calls)));
+    let mut failing =
+        BreakerLayer::new(Arc::clone(&reg)).layer(streaming(Arc::clone(&calls), true));
+    for _ in 0..3 {
+        let kept = full.ready().await.unwrap().call(attempt(&s, "a/x")).await;
+        assert_eq!(kept.unwrap().body().as_full(), Some(&b"ok"[..]));
+        assert!(
+            failing
+                .ready()
+                .await
+                .unwrap()
+                .call(attempt(&s, "a/x"))
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("upstream refused")
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    assert_eq!(reg.state("a/x", Instant::now()).in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_attempt_does_not_take_a_half_open_breakers_probe() {
+    let s = snapshot(json!({}));
+    let ax = ep(&s, "a/x");
+    let reg = BreakerRegistry::default();
+    let open = Settings {
+        consecutive_failures: 1,
+        open_base: secs(1),
+        open_max: secs(1),
+        ..settings()
+    };
+    let held = reg.admit_within(&ax, &open, 1, Instant::now()).unwrap();
+    assert_eq!(held.0, Admission::Closed);
+    observe_n(&reg, &ax, Class::ServerError, 1);
+    assert_eq!(reg.state("a/x", Instant::now()).phase, Phase::Open);
+    advance(secs(10)).await;
+    assert!(matches!(
+        reg.admit_within(&ax, &open, 1, Instant::now()),
+        Err(Refusal::Saturated { limit: 1, .. })
+    ));
+    drop(held);
+    let (admission, _permit) = reg.admit_within(&ax, &open, 1, Instant::now()).unwrap();
+    assert_eq!(
+        admission,
+        Admission::Probe,
+        "the probe slot was taken by a shed attempt"
+    );
 }

@@ -112,6 +112,7 @@ fn providers_json(shared: &Shared) -> Value {
                     "rate_limited_for_ms": until(b.rate_limited_until),
                     "credential_cooldown_for_ms": until(b.credential_until),
                 },
+                "in_flight": b.in_flight,
                 "recent_outage": h.as_ref().is_some_and(|h| h.recent_outage(now)),
                 "stats": h.map(|h| switchyard_select::summary_json(&h.summary())),
             })
