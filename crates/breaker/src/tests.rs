@@ -424,9 +424,21 @@ async fn unknown_endpoint_state_is_closed() {
     assert!(view.open_until.is_none() && view.credential_until.is_none());
 }
 
-/// A service that counts its calls and answers 200.
-fn counting(
+/// How a test's inner service answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// 200 with a body already in memory.
+    Full,
+    /// 200 with a stream that stays open.
+    Stream,
+    /// An error.
+    Fail,
+}
+
+/// A service that counts its calls and answers as told.
+fn answering(
     calls: Arc<AtomicUsize>,
+    answer: Answer,
 ) -> impl Service<
     Request<()>,
     Response = Response<ProxyBody>,
@@ -437,7 +449,11 @@ fn counting(
         let calls = Arc::clone(&calls);
         async move {
             calls.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, BoxError>(Response::new(ProxyBody::full("ok")))
+            match answer {
+                Answer::Full => Ok(Response::new(ProxyBody::full("ok"))),
+                Answer::Stream => Ok(Response::new(ProxyBody::events(Endless))),
+                Answer::Fail => Err::<_, BoxError>("upstream refused".into()),
+            }
         }
     })
 }
@@ -455,7 +471,8 @@ async fn layer_refuses_without_calling_inward() {
     let ax = ep(&s, "a/x");
     let reg = Arc::new(BreakerRegistry::default());
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut svc = BreakerLayer::new(Arc::clone(&reg)).layer(counting(Arc::clone(&calls)));
+    let mut svc =
+        BreakerLayer::new(Arc::clone(&reg)).layer(answering(Arc::clone(&calls), Answer::Full));
 
     // First attempt passes and teaches the registry the policy's thresholds.
     let res = svc.ready().await.unwrap().call(attempt(&s, "a/x")).await;
@@ -518,7 +535,8 @@ async fn layer_refuses_cooldowns_with_their_codes() {
     let s = snapshot(json!({}));
     let reg = Arc::new(BreakerRegistry::default());
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut svc = BreakerLayer::new(Arc::clone(&reg)).layer(counting(Arc::clone(&calls)));
+    let mut svc =
+        BreakerLayer::new(Arc::clone(&reg)).layer(answering(Arc::clone(&calls), Answer::Full));
     reg.observe(&report(&ep(&s, "a/x"), Class::RateLimited, Some(secs(4))));
     reg.observe(&report(&ep(&s, "b/x"), Class::Credential, None));
 
@@ -592,7 +610,8 @@ async fn layer_passes_requests_through_to_the_inner_service() {
 async fn request_without_endpoint_passes_through() {
     let reg = Arc::new(BreakerRegistry::default());
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut svc = BreakerLayer::new(Arc::clone(&reg)).layer(counting(Arc::clone(&calls)));
+    let mut svc =
+        BreakerLayer::new(Arc::clone(&reg)).layer(answering(Arc::clone(&calls), Answer::Full));
     assert!(
         svc.ready()
             .await
@@ -678,34 +697,13 @@ impl EventSource for Endless {
     }
 }
 
-/// Answers every call with a stream that stays open, or with `fail` an error.
-fn streaming(
-    calls: Arc<AtomicUsize>,
-    fail: bool,
-) -> impl Service<
-    Request<()>,
-    Response = Response<ProxyBody>,
-    Error = BoxError,
-    Future = impl Future<Output = Result<Response<ProxyBody>, BoxError>>,
-> + Clone {
-    service_fn(move |_req: Request<()>| {
-        let calls = Arc::clone(&calls);
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            if fail {
-                return Err::<Response<ProxyBody>, BoxError>("upstream refused".into());
-            }
-            Ok(Response::new(ProxyBody::events(Endless)))
-        }
-    })
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_at_its_in_flight_limit_sheds_the_next_attempt_until_a_stream_ends() {
     let s = snapshot_with(json!({ "limits": { "max_in_flight_per_endpoint": 2 } }));
     let reg = Arc::new(BreakerRegistry::default());
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut svc = BreakerLayer::new(Arc::clone(&reg)).layer(streaming(Arc::clone(&calls), false));
+    let mut svc =
+        BreakerLayer::new(Arc::clone(&reg)).layer(answering(Arc::clone(&calls), Answer::Stream));
     let in_flight = |id: &str| reg.state(id, Instant::now()).in_flight;
 
     let first = svc
@@ -774,9 +772,10 @@ async fn bodies_in_memory_and_failed_calls_give_their_place_back_at_once() {
     let s = snapshot_with(json!({ "limits": { "max_in_flight_per_endpoint": 1 } }));
     let reg = Arc::new(BreakerRegistry::default());
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut full = BreakerLayer::new(Arc::clone(&reg)).layer(counting(Arc::clone(&calls)));
+    let mut full =
+        BreakerLayer::new(Arc::clone(&reg)).layer(answering(Arc::clone(&calls), Answer::Full));
     let mut failing =
-        BreakerLayer::new(Arc::clone(&reg)).layer(streaming(Arc::clone(&calls), true));
+        BreakerLayer::new(Arc::clone(&reg)).layer(answering(Arc::clone(&calls), Answer::Fail));
     for _ in 0..3 {
         let kept = full.ready().await.unwrap().call(attempt(&s, "a/x")).await;
         assert_eq!(kept.unwrap().body().as_full(), Some(&b"ok"[..]));
