@@ -1518,6 +1518,7 @@ fn dashboard_is_a_grafana_dashboard() {
         "switchyard_attempt_ttft_seconds_bucket",
         "switchyard_attempt_duration_seconds_bucket",
         "switchyard_fallbacks_total",
+        "switchyard_attempts_skipped_total",
         "switchyard_breaker_state",
         "switchyard_tokens_total",
         "switchyard_cost_usd_total",

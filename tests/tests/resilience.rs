@@ -1341,4 +1341,18 @@ async fn an_endpoint_at_its_in_flight_limit_sheds_to_the_next_and_recovers_when_
     let _third = send_and_hold(&proxy, &only_a).await;
     wait_calls(&a, 3).await;
     assert_eq!(in_flight("a/m").await, 2);
+
+    // Both sheds are counted for the operator.
+    let metrics = send("GET", &proxy.admin_url("/metrics"), &[], Vec::new()).await;
+    let text = body_text(&metrics);
+    let shed: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchyard_attempts_skipped_total{")
+                && l.contains(r#"provider="a""#)
+                && l.contains(r#"reason="endpoint_saturated""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(shed, 2.0, "{text}");
 }

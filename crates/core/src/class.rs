@@ -144,4 +144,8 @@ pub trait AttemptObserver: Send + Sync + 'static {
 
     /// A retry was not made because the retry budget was spent.
     fn retry_budget_refused(&self) {}
+
+    /// A candidate was skipped without being sent: Switchyard's own refusal (`reason` is the
+    /// refusal's error code, e.g. `breaker_open`, `endpoint_saturated`, `budget_exceeded`).
+    fn attempt_skipped(&self, _provider: &str, _model: &str, _reason: &'static str) {}
 }

@@ -460,6 +460,12 @@ where
                         return Verdict::Fatal(e);
                     }
                     let why = e.to_string();
+                    if let Some(f) = Failure::find(&*e) {
+                        let reason = f.get().code();
+                        for o in self.observers.iter() {
+                            o.attempt_skipped(&endpoint.provider.id, &endpoint.model, reason);
+                        }
+                    }
                     self.budget_refusal.get_or_insert(e);
                     return Verdict::Skipped {
                         retry_in: None,
@@ -543,6 +549,10 @@ where
                 {
                     // Not sent: the reservation is released.
                     self.release(&meta).await;
+                    let reason = f.get().code();
+                    for o in self.observers.iter() {
+                        o.attempt_skipped(&endpoint.provider.id, &endpoint.model, reason);
+                    }
                     return Verdict::Skipped {
                         retry_in: f.get().retry_after(),
                         why: f.get().to_string(),

@@ -81,6 +81,13 @@ struct AttemptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkipLabels {
+    provider: Label,
+    model: Label,
+    reason: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FallbackLabels {
     reason: Label,
     kind: Label,
@@ -254,6 +261,7 @@ pub struct Metrics {
     fallbacks: Family<FallbackLabels, Counter>,
     retries: Family<EndpointLabels, Counter>,
     retry_budget_refusals: Counter,
+    skipped: Family<SkipLabels, Counter>,
     breaker_state: Family<EndpointLabels, Gauge<i64, AtomicI64>>,
     breaker_transitions: Family<TransitionLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
@@ -370,6 +378,12 @@ impl Metrics {
             "Attempts that retried the same endpoint as the attempt before",
             retries.clone(),
         );
+        let skipped = Family::<SkipLabels, Counter>::default();
+        registry.register(
+            "attempts_skipped",
+            "Candidates skipped without a call: open breaker, cooldown, in-flight limit or budget",
+            skipped.clone(),
+        );
         let retry_budget_refusals = Counter::default();
         registry.register(
             "retry_budget_refusals",
@@ -436,6 +450,7 @@ impl Metrics {
             fallbacks,
             retries,
             retry_budget_refusals,
+            skipped,
             breaker_state,
             breaker_transitions,
             tokens,
@@ -660,6 +675,16 @@ impl AttemptObserver for Metrics {
 
     fn retry_budget_refused(&self) {
         Metrics::retry_budget_refused(self);
+    }
+
+    fn attempt_skipped(&self, provider: &str, model: &str, reason: &'static str) {
+        self.skipped
+            .get_or_create(&SkipLabels {
+                provider: self.providers.label(provider),
+                model: self.models.label(model),
+                reason: Label::fixed(reason),
+            })
+            .inc();
     }
 }
 
@@ -1053,6 +1078,35 @@ mod tests {
             r#"switchyard_request_ttft_seconds_sum{route="team-a",operation="chat"}"#,
         );
         assert!((sum - 0.3).abs() < 1e-9);
+    }
+
+    #[test]
+    fn skipped_candidates_are_counted_by_endpoint_and_reason() {
+        let m = Metrics::new();
+        let obs: &dyn AttemptObserver = &m;
+        obs.attempt_skipped("p", "m", "endpoint_saturated");
+        obs.attempt_skipped("p", "m", "endpoint_saturated");
+        obs.attempt_skipped("p", "m", "breaker_open");
+        obs.attempt_skipped("q", "m", "budget_exceeded");
+        let s = samples(&m.encode());
+        let skipped = |labels: &str| {
+            get(
+                &s,
+                &format!("switchyard_attempts_skipped_total{{{labels}}}"),
+            )
+        };
+        assert_eq!(
+            skipped(r#"provider="p",model="m",reason="endpoint_saturated""#),
+            2.0
+        );
+        assert_eq!(
+            skipped(r#"provider="p",model="m",reason="breaker_open""#),
+            1.0
+        );
+        assert_eq!(
+            skipped(r#"provider="q",model="m",reason="budget_exceeded""#),
+            1.0
+        );
     }
 
     #[test]
