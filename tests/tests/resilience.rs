@@ -1324,6 +1324,22 @@ async fn an_endpoint_at_its_in_flight_limit_sheds_to_the_next_and_recovers_when_
     assert!(r.header("retry-after").is_some(), "{}", body_text(&r));
     assert!(body_text(&r).contains("in flight"), "{}", body_text(&r));
     assert_eq!(a.call_count(), 2);
+    // Its generation record says which endpoint was skipped and why.
+    let id = r.header("x-switchyard-request-id").unwrap().to_string();
+    let g = send(
+        "GET",
+        &proxy.url(&format!("/api/v1/generation?id={id}")),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .json();
+    assert_eq!(
+        g["data"]["skipped"],
+        json!([{"endpoint": "a/m", "reason": "endpoint_saturated"}]),
+        "{g}"
+    );
+    assert_eq!(g["data"]["num_attempts"], 0, "{g}");
 
     // One that may fall back is served by b, still without a call to a.
     let (r, _) = ask(&proxy, &chat("m", false)).await;

@@ -114,6 +114,20 @@ impl Class {
     }
 }
 
+/// A candidate the fallback executor skipped without sending anything to it.
+#[derive(Clone, Copy, Debug)]
+pub struct SkipReport<'a> {
+    /// The request's id (`x-switchyard-request-id`), when it has one.
+    pub request_id: Option<&'a str>,
+    /// Stable endpoint id (`provider/model`).
+    pub endpoint: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    /// The refusal's error code, e.g. `breaker_open`, `endpoint_saturated`,
+    /// `budget_exceeded`.
+    pub reason: &'static str,
+}
+
 /// One finished upstream attempt, as the fallback executor reports it to every observer.
 #[derive(Clone, Debug)]
 pub struct AttemptReport {
@@ -145,7 +159,6 @@ pub trait AttemptObserver: Send + Sync + 'static {
     /// A retry was not made because the retry budget was spent.
     fn retry_budget_refused(&self) {}
 
-    /// A candidate was skipped without being sent: Switchyard's own refusal (`reason` is the
-    /// refusal's error code, e.g. `breaker_open`, `endpoint_saturated`, `budget_exceeded`).
-    fn attempt_skipped(&self, _provider: &str, _model: &str, _reason: &'static str) {}
+    /// A candidate was skipped without being sent: Switchyard's own refusal.
+    fn attempt_skipped(&self, _skip: &SkipReport<'_>) {}
 }

@@ -16,7 +16,7 @@ mod notes;
 mod spend;
 
 pub use body::{Event, EventKind, EventSource, ProxyBody};
-pub use class::{AttemptObserver, AttemptReport, BreakerEffect, Class};
+pub use class::{AttemptObserver, AttemptReport, BreakerEffect, Class, SkipReport};
 pub use error::{Failure, ProxyError};
 pub use ext::{Deadline, InboundApi, Pricing, Served, Usage};
 pub use future::{BoxResponseFuture, ShortCircuit};

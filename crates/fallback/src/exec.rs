@@ -461,10 +461,7 @@ where
                     }
                     let why = e.to_string();
                     if let Some(f) = Failure::find(&*e) {
-                        let reason = f.get().code();
-                        for o in self.observers.iter() {
-                            o.attempt_skipped(&endpoint.provider.id, &endpoint.model, reason);
-                        }
+                        self.skipped(endpoint, f.get().code());
                     }
                     self.budget_refusal.get_or_insert(e);
                     return Verdict::Skipped {
@@ -549,10 +546,7 @@ where
                 {
                     // Not sent: the reservation is released.
                     self.release(&meta).await;
-                    let reason = f.get().code();
-                    for o in self.observers.iter() {
-                        o.attempt_skipped(&endpoint.provider.id, &endpoint.model, reason);
-                    }
+                    self.skipped(endpoint, f.get().code());
                     return Verdict::Skipped {
                         retry_in: f.get().retry_after(),
                         why: f.get().to_string(),
@@ -953,6 +947,20 @@ impl<S> Exec<S> {
             self.aggregate || self.parsed.client_wants_usage(),
         )
         .with_rewrite(&rewrite)
+    }
+
+    /// Tells the observers that `endpoint` was skipped without a call, and why.
+    fn skipped(&self, endpoint: &Endpoint, reason: &'static str) {
+        let skip = switchyard_core::SkipReport {
+            request_id: self.request_id.as_deref(),
+            endpoint: &endpoint.id,
+            provider: &endpoint.provider.id,
+            model: &endpoint.model,
+            reason,
+        };
+        for o in self.observers.iter() {
+            o.attempt_skipped(&skip);
+        }
     }
 
     /// Usage to report when the upstream reported none: marked estimated.

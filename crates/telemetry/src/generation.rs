@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use switchyard_core::{AttemptObserver, AttemptReport, Class, Usage};
+use switchyard_core::{AttemptObserver, AttemptReport, Class, SkipReport, Usage};
 
 use crate::labels::truncate;
 
@@ -83,6 +83,8 @@ struct Record {
     excluded_dropped: usize,
     attempts: Vec<AttemptEntry>,
     attempts_dropped: usize,
+    /// Candidates skipped without a call while the request ran (endpoint id, reason code).
+    skipped: Vec<(Arc<str>, &'static str)>,
     finish: Option<Finish>,
 }
 
@@ -96,6 +98,7 @@ impl Record {
             excluded_dropped: 0,
             attempts: Vec::new(),
             attempts_dropped: 0,
+            skipped: Vec::new(),
             finish: None,
         }
     }
@@ -119,6 +122,7 @@ impl Record {
                 .map(|(e, r)| e.len() + r.len() + 2 * size_of::<Box<str>>())
                 .sum::<usize>()
             + self.attempts.capacity() * size_of::<AttemptEntry>()
+            + self.skipped.capacity() * size_of::<(Arc<str>, &'static str)>()
             + self.finish.as_ref().map_or(0, |f| {
                 size_of::<Finish>() + opt(&f.provider) + opt(&f.model) + opt(&f.upstream_model)
             })
@@ -339,6 +343,11 @@ fn render(id: &str, r: &Record) -> Value {
         "attempts": attempts,
         "excluded": excluded,
         "excluded_dropped": r.excluded_dropped,
+        "skipped": r
+            .skipped
+            .iter()
+            .map(|(e, why)| json!({ "endpoint": &**e, "reason": why }))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -363,6 +372,18 @@ impl AttemptObserver for GenerationStore {
                 ttft: report.ttft,
                 usage: report.usage,
             });
+        });
+    }
+
+    fn attempt_skipped(&self, skip: &SkipReport<'_>) {
+        let Some(id) = skip.request_id else {
+            return;
+        };
+        self.with_record(id, |r| {
+            // As many as attempts are kept: a request can skip each candidate a few times.
+            if r.skipped.len() < MAX_ATTEMPTS {
+                r.skipped.push((Arc::from(skip.endpoint), skip.reason));
+            }
         });
     }
 }
@@ -495,6 +516,37 @@ mod tests {
         r.request_id = None;
         store.observe(&r);
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn skipped_candidates_are_kept_with_their_reason_and_bounded() {
+        let store = GenerationStore::default();
+        let skip = |id, endpoint, reason| SkipReport {
+            request_id: id,
+            endpoint,
+            provider: "p",
+            model: "m",
+            reason,
+        };
+        store.attempt_skipped(&skip(Some("r"), "p/m", "endpoint_saturated"));
+        store.observe(&report("r", "q", "m", 1, Class::Success));
+        // The plan's exclusions, recorded at the end, do not replace them.
+        store.record_request("r", None, &["m"], &[("z/m", "max_price")]);
+        let d = &store.get("r").unwrap()["data"];
+        assert_eq!(
+            d["skipped"],
+            json!([{"endpoint": "p/m", "reason": "endpoint_saturated"}])
+        );
+        assert_eq!(d["excluded"][0]["endpoint"], "z/m");
+        assert_eq!(d["num_attempts"], 1);
+        for _ in 0..100 {
+            store.attempt_skipped(&skip(Some("r"), "p/m", "breaker_open"));
+        }
+        let d = &store.get("r").unwrap()["data"];
+        assert_eq!(d["skipped"].as_array().unwrap().len(), MAX_ATTEMPTS);
+        // Without a request id there is nothing to attach it to.
+        store.attempt_skipped(&skip(None, "p/m", "breaker_open"));
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

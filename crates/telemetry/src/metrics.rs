@@ -19,7 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use switchyard_core::{AttemptObserver, AttemptReport, Class, Usage};
+use switchyard_core::{AttemptObserver, AttemptReport, Class, SkipReport, Usage};
 
 use crate::labels::{Dimension, Label, status_class};
 use crate::spans::fields;
@@ -677,12 +677,12 @@ impl AttemptObserver for Metrics {
         Metrics::retry_budget_refused(self);
     }
 
-    fn attempt_skipped(&self, provider: &str, model: &str, reason: &'static str) {
+    fn attempt_skipped(&self, skip: &SkipReport<'_>) {
         self.skipped
             .get_or_create(&SkipLabels {
-                provider: self.providers.label(provider),
-                model: self.models.label(model),
-                reason: Label::fixed(reason),
+                provider: self.providers.label(skip.provider),
+                model: self.models.label(skip.model),
+                reason: Label::fixed(skip.reason),
             })
             .inc();
     }
@@ -1084,10 +1084,17 @@ mod tests {
     fn skipped_candidates_are_counted_by_endpoint_and_reason() {
         let m = Metrics::new();
         let obs: &dyn AttemptObserver = &m;
-        obs.attempt_skipped("p", "m", "endpoint_saturated");
-        obs.attempt_skipped("p", "m", "endpoint_saturated");
-        obs.attempt_skipped("p", "m", "breaker_open");
-        obs.attempt_skipped("q", "m", "budget_exceeded");
+        let skip = |provider, reason| SkipReport {
+            request_id: None,
+            endpoint: "e",
+            provider,
+            model: "m",
+            reason,
+        };
+        obs.attempt_skipped(&skip("p", "endpoint_saturated"));
+        obs.attempt_skipped(&skip("p", "endpoint_saturated"));
+        obs.attempt_skipped(&skip("p", "breaker_open"));
+        obs.attempt_skipped(&skip("q", "budget_exceeded"));
         let s = samples(&m.encode());
         let skipped = |labels: &str| {
             get(
