@@ -215,6 +215,30 @@ fn run_refuses_an_invalid_policy_before_binding() {
 }
 
 #[test]
+fn demo_hides_access_lines_unless_a_log_filter_is_set() {
+    let out = Command::new(binary())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--exit-after-tour",
+        ])
+        .env_remove("SWITCHYARD_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("access lines hidden"), "{stdout}");
+    assert!(!stderr.contains("switchyard::access"), "{stderr}");
+    // Other information still shows: where the proxy listens.
+    assert!(stderr.contains("switchyard listening"), "{stderr}");
+}
+
+#[test]
 fn demo_tour_runs_without_any_key_or_network() {
     let out = Command::new(binary())
         .args([
@@ -225,15 +249,18 @@ fn demo_tour_runs_without_any_key_or_network() {
             "127.0.0.1:0",
             "--exit-after-tour",
         ])
-        .env("SWITCHYARD_LOG", "warn")
+        .env("SWITCHYARD_LOG", "info")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // The user's own log filter is honoured: one access line per request of the tour.
     assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.matches("switchyard::access").count() >= 20,
+        "{stderr}"
     );
+    assert!(!stdout.contains("access lines hidden"), "{stdout}");
     // Step 2: two failures on flaky (one same-endpoint retry), then steady serves.
     assert!(
         stdout.contains(

@@ -133,7 +133,9 @@ pub fn main() -> ExitCode {
         } => crate::explain::run(&policy, &request, &path),
         Cmd::Run(args) => run(args),
         Cmd::Demo(args) => match runtime() {
-            Ok(rt) => rt.block_on(with_telemetry(|obs| demo::run(args, obs))),
+            Ok(rt) => rt.block_on(with_telemetry_from(demo::log_env, |obs| {
+                demo::run(args, obs)
+            })),
             Err(code) => code,
         },
     }
@@ -227,7 +229,16 @@ where
     F: FnOnce(Observability) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
-    let telemetry = match switchyard_telemetry::TelemetryConfig::from_env()
+    with_telemetry_from(|name| std::env::var(name).ok(), body).await
+}
+
+/// [`with_telemetry`], configured from the variables `var` looks up.
+async fn with_telemetry_from<F, Fut>(var: impl Fn(&str) -> Option<String>, body: F) -> ExitCode
+where
+    F: FnOnce(Observability) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let telemetry = match switchyard_telemetry::TelemetryConfig::from_lookup(var)
         .and_then(switchyard_telemetry::init)
     {
         Ok(t) => t,

@@ -184,6 +184,11 @@ async fn run_inner(
     println!("  proxy   {base}/v1   (OpenAI-compatible)");
     println!("  admin   http://{}", running.admin_addr);
     println!("  policy  {}", policy_file.display());
+    if access_lines_hidden() {
+        println!(
+            "  logs    access lines hidden so the tour reads clearly; SWITCHYARD_LOG=info shows one per request"
+        );
+    }
     println!(
         "  simulated providers: steady {}, flaky {} (every 3rd call 503), slow {} (3 s to first token), pricey {}",
         sims.steady.addr(),
@@ -394,4 +399,27 @@ fn report_unexpected(res: &Result<Answer, Box<dyn std::error::Error>>) -> bool {
         Err(e) => println!("   request failed: {e}"),
     }
     false
+}
+
+/// The demo's log filter when the user set none: everything but the per-request access lines,
+/// which would bury the tour's own output.
+const DEMO_LOG_FILTER: &str = "info,switchyard::access=warn";
+
+fn user_log_filter() -> Option<String> {
+    ["SWITCHYARD_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+}
+
+fn access_lines_hidden() -> bool {
+    user_log_filter().is_none()
+}
+
+/// The environment as the demo's telemetry sees it: [`DEMO_LOG_FILTER`] unless the user chose
+/// a log filter.
+pub(crate) fn log_env(name: &str) -> Option<String> {
+    if name == "SWITCHYARD_LOG" && user_log_filter().is_none() {
+        return Some(DEMO_LOG_FILTER.to_string());
+    }
+    std::env::var(name).ok()
 }
