@@ -1372,3 +1372,30 @@ async fn an_endpoint_at_its_in_flight_limit_sheds_to_the_next_and_recovers_when_
         .sum();
     assert_eq!(shed, 2.0, "{text}");
 }
+
+// 22. A cut stream gives back its endpoint's in-flight place before the continuation is
+// tried, so an endpoint at its limit can still continue its own answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_stream_frees_its_in_flight_place_for_its_own_continuation() {
+    let answer = text_behavior();
+    let a = sim("a", answer.clone(), vec![answer.clone().cut_after(3)]).await;
+    let b = sim("b", answer.clone(), vec![]).await;
+    let models = json!({ "m": { "endpoints": [
+        ep_prefill("a", "m", 1.0, 1.0), ep_prefill("b", "m", 1.0, 1.0)
+    ] } });
+    let overrides = json!({ "defaults": { "limits": { "max_in_flight_per_endpoint": 1 } } });
+    let proxy = Proxy::start(&policy(&[("a", &a), ("b", &b)], models, overrides));
+
+    let (r, _) = ask(&proxy, &chat("m", true)).await;
+    assert_status(&r, 200);
+    assert_complete(&streamed(&r), TEXT);
+    assert_eq!(
+        (a.call_count(), b.call_count()),
+        (2, 0),
+        "the continuation did not run on the endpoint that was cut"
+    );
+    assert_eq!(
+        *last_message(&a.calls()[1]),
+        json!({"role": "assistant", "content": FIRST3})
+    );
+}

@@ -168,6 +168,9 @@ where
         let meta = self.meta.clone();
         let (usage, charge) = self.charge();
         self.earlier = sum_usage(self.earlier, usage);
+        // The failed stream is let go now: its connection closes (a stalled upstream stops
+        // sending) and its endpoint's in-flight place is free for a continuation there.
+        self.source = crate::exec::ended();
         self.exec
             .report(&meta, class, Some(200), None, detail.clone(), usage, charge)
             .await;

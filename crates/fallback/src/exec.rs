@@ -1140,6 +1140,11 @@ fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     }
 }
 
+/// A source with nothing more to give, in place of one that failed.
+pub(crate) fn ended() -> Source {
+    Box::pin(Replay(VecDeque::new()))
+}
+
 /// Events already read, handed out in order.
 struct Replay(VecDeque<Event>);
 
