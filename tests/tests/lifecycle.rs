@@ -214,24 +214,33 @@ fn run_refuses_an_invalid_policy_before_binding() {
     assert!(!stderr.contains("switchyard listening"), "{stderr}");
 }
 
+/// Runs the demo's tour on free ports with `SWITCHYARD_LOG` set to `log` (or no log filter
+/// at all); asserts it succeeded and returns its stdout and stderr.
+fn demo_tour(log: Option<&str>) -> (String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--exit-after-tour",
+    ])
+    .env_remove("RUST_LOG");
+    match log {
+        Some(filter) => cmd.env("SWITCHYARD_LOG", filter),
+        None => cmd.env_remove("SWITCHYARD_LOG"),
+    };
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 #[test]
 fn demo_hides_access_lines_unless_a_log_filter_is_set() {
-    let out = Command::new(binary())
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--exit-after-tour",
-        ])
-        .env_remove("SWITCHYARD_LOG")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = demo_tour(None);
     assert!(stdout.contains("access lines hidden"), "{stdout}");
     assert!(!stderr.contains("switchyard::access"), "{stderr}");
     // Other information still shows: where the proxy listens.
@@ -240,21 +249,7 @@ fn demo_hides_access_lines_unless_a_log_filter_is_set() {
 
 #[test]
 fn demo_tour_runs_without_any_key_or_network() {
-    let out = Command::new(binary())
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--exit-after-tour",
-        ])
-        .env("SWITCHYARD_LOG", "info")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = demo_tour(Some("info"));
     // The user's own log filter is honoured: one access line per request of the tour.
     assert!(
         stderr.matches("switchyard::access").count() >= 20,

@@ -458,6 +458,14 @@ fn answering(
     })
 }
 
+/// One attempt at endpoint `id` through `svc`.
+async fn send<S>(svc: &mut S, s: &Arc<Snapshot>, id: &str) -> Result<Response<ProxyBody>, BoxError>
+where
+    S: Service<Request<()>, Response = Response<ProxyBody>, Error = BoxError>,
+{
+    svc.ready().await?.call(attempt(s, id)).await
+}
+
 fn attempt(s: &Arc<Snapshot>, id: &str) -> Request<()> {
     let mut req = Request::new(());
     req.extensions_mut().insert(Arc::clone(s));
@@ -475,19 +483,13 @@ async fn layer_refuses_without_calling_inward() {
         BreakerLayer::new(Arc::clone(&reg)).layer(answering(Arc::clone(&calls), Answer::Full));
 
     // First attempt passes and teaches the registry the policy's thresholds.
-    let res = svc.ready().await.unwrap().call(attempt(&s, "a/x")).await;
+    let res = send(&mut svc, &s, "a/x").await;
     assert_eq!(res.unwrap().body().as_full(), Some(&b"ok"[..]));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // Two failures open it under the policy's threshold of 2, not the default 5.
     observe_n(&reg, &ax, Class::ServerError, 2);
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(attempt(&s, "a/x"))
-        .await
-        .unwrap_err();
+    let err = send(&mut svc, &s, "a/x").await.unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 1, "inner must not be called");
     let f = Failure::find(&*err).unwrap().get();
     assert_eq!(f.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -504,29 +506,15 @@ async fn layer_refuses_without_calling_inward() {
     assert!(err.to_string().contains("a/x"), "{err}");
 
     // Other endpoints still pass.
-    let res = svc.ready().await.unwrap().call(attempt(&s, "b/x")).await;
+    let res = send(&mut svc, &s, "b/x").await;
     assert!(res.is_ok());
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
     // After the open period the layer lets exactly one probe through.
     advance(secs(3)).await;
-    assert!(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(attempt(&s, "a/x"))
-            .await
-            .is_ok()
-    );
+    assert!(send(&mut svc, &s, "a/x").await.is_ok());
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert!(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(attempt(&s, "a/x"))
-            .await
-            .is_err()
-    );
+    assert!(send(&mut svc, &s, "a/x").await.is_err());
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
@@ -540,26 +528,14 @@ async fn layer_refuses_cooldowns_with_their_codes() {
     reg.observe(&report(&ep(&s, "a/x"), Class::RateLimited, Some(secs(4))));
     reg.observe(&report(&ep(&s, "b/x"), Class::Credential, None));
 
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(attempt(&s, "a/x"))
-        .await
-        .unwrap_err();
+    let err = send(&mut svc, &s, "a/x").await.unwrap_err();
     let f = Failure::find(&*err).unwrap().get();
     assert_eq!(f.code(), "rate_limit_cooldown");
     assert_eq!(f.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(f.retry_after(), Some(secs(4)));
     assert!(f.skipped());
 
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(attempt(&s, "b/x"))
-        .await
-        .unwrap_err();
+    let err = send(&mut svc, &s, "b/x").await.unwrap_err();
     let f = Failure::find(&*err).unwrap().get();
     assert_eq!(f.code(), "credential_cooldown");
     assert_eq!(f.error_type(), "service_unavailable");
@@ -569,14 +545,7 @@ async fn layer_refuses_cooldowns_with_their_codes() {
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
     // a/y is another endpoint of a: unaffected by a/x's rate limit.
-    assert!(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(attempt(&s, "a/y"))
-            .await
-            .is_ok()
-    );
+    assert!(send(&mut svc, &s, "a/y").await.is_ok());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -706,29 +675,11 @@ async fn an_endpoint_at_its_in_flight_limit_sheds_the_next_attempt_until_a_strea
         BreakerLayer::new(Arc::clone(&reg)).layer(answering(Arc::clone(&calls), Answer::Stream));
     let in_flight = |id: &str| reg.state(id, Instant::now()).in_flight;
 
-    let first = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(attempt(&s, "a/x"))
-        .await
-        .unwrap();
-    let second = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(attempt(&s, "a/x"))
-        .await
-        .unwrap();
+    let first = send(&mut svc, &s, "a/x").await.unwrap();
+    let second = send(&mut svc, &s, "a/x").await.unwrap();
     assert_eq!(in_flight("a/x"), 2);
 
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(attempt(&s, "a/x"))
-        .await
-        .unwrap_err();
+    let err = send(&mut svc, &s, "a/x").await.unwrap_err();
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -743,25 +694,12 @@ async fn an_endpoint_at_its_in_flight_limit_sheds_the_next_attempt_until_a_strea
     assert!(err.to_string().contains("2 requests in flight"), "{err}");
     // The refusal gave its place back; the other endpoint has its own count.
     assert_eq!(in_flight("a/x"), 2);
-    assert!(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(attempt(&s, "b/x"))
-            .await
-            .is_ok()
-    );
+    assert!(send(&mut svc, &s, "b/x").await.is_ok());
 
     // A stream that ends (its body dropped) makes room for one more.
     drop(first);
     assert_eq!(in_flight("a/x"), 1);
-    let third = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(attempt(&s, "a/x"))
-        .await
-        .unwrap();
+    let third = send(&mut svc, &s, "a/x").await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 4);
     drop((second, third));
     assert_eq!(in_flight("a/x"), 0);
@@ -777,14 +715,10 @@ async fn bodies_in_memory_and_failed_calls_give_their_place_back_at_once() {
     let mut failing =
         BreakerLayer::new(Arc::clone(&reg)).layer(answering(Arc::clone(&calls), Answer::Fail));
     for _ in 0..3 {
-        let kept = full.ready().await.unwrap().call(attempt(&s, "a/x")).await;
+        let kept = send(&mut full, &s, "a/x").await;
         assert_eq!(kept.unwrap().body().as_full(), Some(&b"ok"[..]));
         assert!(
-            failing
-                .ready()
-                .await
-                .unwrap()
-                .call(attempt(&s, "a/x"))
+            send(&mut failing, &s, "a/x")
                 .await
                 .unwrap_err()
                 .to_string()

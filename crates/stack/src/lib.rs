@@ -165,7 +165,8 @@ where
         ))
         // The endpoint gets only parameters it accepts.
         .layer(CompatLayer::new())
-        // May we send to this endpoint at all? Open breakers and cooldowns are skipped, not tried.
+        // May we send to this endpoint at all? Open breakers, cooldowns and endpoints at their
+        // in-flight limit are skipped, not tried; an admitted attempt holds its place until done.
         .layer(BreakerLayer::new(registries.breakers.clone()))
         // First token, idle between chunks, attempt total — never past the deadline.
         .layer(AttemptTimeoutLayer::new())

@@ -103,7 +103,7 @@ struct Logprobs {
     members: Vec<(String, Option<Vec<String>>)>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 pub(crate) struct Chunk<'a> {
     #[serde(borrow, default)]
     pub(crate) error: Option<&'a RawValue>,
@@ -227,16 +227,8 @@ impl<'a> Chunk<'a> {
         choices: Option<Vec<ChoiceChunk<'a>>>,
     ) -> Self {
         let mut c = Chunk {
-            error: None,
-            usage: None,
             choices,
-            id: None,
-            created: None,
-            model: None,
-            provider: None,
-            system_fingerprint: None,
-            service_tier: None,
-            metadata: None,
+            ..Chunk::default()
         };
         for m in members {
             // A `null` member is absent to the typed parse too.
